@@ -1,0 +1,31 @@
+"""The one place the app reads its settings, lazily, so tests can override them."""
+
+from django.conf import settings
+
+
+def min_total() -> int:
+    return getattr(settings, "GENERATOR_MIN_TOTAL", 50)
+
+
+def max_total() -> int:
+    return getattr(settings, "GENERATOR_MAX_TOTAL", 500)
+
+
+def cli_max_total() -> int:
+    return getattr(settings, "GENERATOR_CLI_MAX_TOTAL", 10_000_000)
+
+
+def chunk_size() -> int:
+    return getattr(settings, "GENERATOR_CHUNK_SIZE", 2_000)
+
+
+def job_timeout() -> int:
+    return getattr(settings, "GENERATOR_JOB_TIMEOUT", 6 * 60 * 60)
+
+
+def page_size() -> int:
+    return getattr(settings, "GENERATOR_PAGE_SIZE", 50)
+
+
+def queue_name() -> str:
+    return getattr(settings, "GENERATOR_QUEUE", "default")

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+
+class Batch(models.Model):
+    """One request for N generated accounts: the truth about its progress lives here."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for a worker"
+        RUNNING = "running", "Creating users"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="requested_batches",
+    )
+    total = models.PositiveIntegerField()
+    created_count = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status, default=Status.PENDING)
+    # The hash of the one password shared by the batch's accounts, or "" for unusable
+    # passwords. Kept here, never in the job, so no password reaches Redis.
+    password_hash = models.CharField(max_length=256, blank=True, editable=False)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "batches"
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"Batch #{self.pk}: {self.total} users ({self.get_status_display().lower()})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("generator:batch_detail", args=[self.pk])
+
+    @property
+    def job_id(self) -> str:
+        # Ours, not RQ's: django-rq enqueues on commit and returns no job inside a transaction.
+        return f"batch-{self.pk}"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in {self.Status.FINISHED, self.Status.FAILED}
+
+    @property
+    def percent(self) -> int:
+        if not self.total:
+            return 0
+        return min(100, self.created_count * 100 // self.total)
+
+    @property
+    def elapsed(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return max(end - self.started_at, timedelta(0))
+
+    @property
+    def rate(self) -> float | None:
+        """Users created per second so far."""
+        elapsed = self.elapsed
+        if elapsed is None or not self.created_count:
+            return None
+        return self.created_count / max(elapsed.total_seconds(), 0.001)
+
+    @property
+    def eta(self) -> timedelta | None:
+        rate = self.rate
+        if rate is None or self.is_done:
+            return None
+        return timedelta(seconds=(self.total - self.created_count) / rate)
+
+
+class User(AbstractUser):
+    """Django's user, plus the batch that generated it (none for people)."""
+
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="users"
+    )
+
+    class Meta(AbstractUser.Meta):
+        swappable = "AUTH_USER_MODEL"

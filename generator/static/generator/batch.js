@@ -1,0 +1,58 @@
+// Keeps the batch page's progress section live by polling the batch's JSON status.
+(function () {
+  "use strict";
+  const section = document.getElementById("batch-progress");
+  if (!section || section.dataset.done === "true") return;
+
+  const field = (name) => section.querySelector(`[data-field="${name}"]`);
+  const dash = (value) => (value === null || value === undefined ? "–" : value);
+  const POLL_MS = 500;
+
+  function render(batch) {
+    section.className = `progress status-${batch.status}`;
+    field("status_display").textContent = batch.status_display;
+    field("bar").value = batch.created;
+    field("bar").textContent = `${batch.percent}%`;
+    field("created").textContent = batch.created;
+    field("percent").textContent = batch.percent;
+    field("users_per_second").textContent = dash(batch.users_per_second);
+    field("elapsed_seconds").textContent = dash(batch.elapsed_seconds);
+    field("eta_seconds").textContent = dash(batch.eta_seconds);
+
+    const outcome = field("outcome");
+    outcome.replaceChildren();
+    if (batch.status === "finished") {
+      outcome.append(`${batch.created} users created in ${batch.elapsed_seconds.toFixed(2)} s. `);
+      const link = document.createElement("a");
+      link.href = batch.users_url;
+      link.textContent = "See these users";
+      outcome.append(link);
+    } else if (batch.status === "failed") {
+      outcome.append(
+        `This batch failed: ${batch.failure_reason || "an unexpected error stopped it."} ` +
+          `${batch.created} of ${batch.total} users were created.`,
+      );
+    } else if (batch.status === "pending") {
+      outcome.append("Queued: it will start as soon as a worker is free.");
+    }
+  }
+
+  async function poll() {
+    try {
+      const response = await fetch(section.dataset.statusUrl, {
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+      });
+      if (response.ok) {
+        const batch = await response.json();
+        render(batch);
+        if (batch.done) return;
+      }
+    } catch (error) {
+      // A dropped connection is retried on the next tick; the page keeps its last figures.
+    }
+    window.setTimeout(poll, POLL_MS);
+  }
+
+  poll();
+})();

@@ -1,0 +1,15 @@
+from django.urls import path
+
+from . import views
+
+app_name = "generator"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("generate/", views.generate, name="generate"),
+    path("batches/", views.batch_list, name="batch_list"),
+    path("batches/<int:batch_id>/", views.batch_detail, name="batch_detail"),
+    path("users/", views.user_list, name="user_list"),
+    path("api/batches/", views.api_batch_create, name="api_batch_create"),
+    path("api/batches/<int:batch_id>/", views.api_batch_detail, name="api_batch_detail"),
+]

@@ -1,0 +1,145 @@
+"""HTTP only: parse, call one service or selector, then redirect or render."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.paginator import InvalidPage, Page, Paginator
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import conf, queueing, selectors
+from .forms import BatchForm
+from .models import Batch
+
+ADD_BATCH_PERMISSION = "generator.add_batch"
+
+
+def paginate(request: HttpRequest, items: QuerySet[Any]) -> Page:
+    """One page of `items`; a bad page number is a 404, never a 500."""
+    paginator = Paginator(items, conf.page_size())
+    try:
+        return paginator.page(request.GET.get("page") or 1)
+    except InvalidPage:
+        raise Http404("No such page.") from None
+
+
+def parse_id(value: str | None) -> int | None:
+    """An id from a query string; a malformed one is a 404."""
+    if not value:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise Http404("No such batch.")
+    return int(value)
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok", content_type="text/plain")
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("generator:generate")
+
+
+@login_required
+@permission_required(ADD_BATCH_PERMISSION, raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def generate(request: HttpRequest) -> HttpResponse:
+    form = BatchForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        batch = queueing.batch_submit(
+            requested_by=request.user,
+            total=form.cleaned_data["total"],
+            password=form.cleaned_data["password"],
+        )
+        messages.success(request, f"Batch #{batch.pk} accepted: {batch.total} users on the way.")
+        return redirect(batch)
+    return render(request, "generator/generate.html", {"form": form})
+
+
+@login_required
+@require_GET
+def batch_list(request: HttpRequest) -> HttpResponse:
+    page = paginate(request, selectors.batches_visible_to(request.user))
+    return render(request, "generator/batch_list.html", {"page": page})
+
+
+@login_required
+@require_GET
+def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
+    return render(
+        request,
+        "generator/batch_detail.html",
+        {"batch": batch, "status": selectors.batch_status(batch)},
+    )
+
+
+@login_required
+@require_GET
+def user_list(request: HttpRequest) -> HttpResponse:
+    batch_id = parse_id(request.GET.get("batch"))
+    batch = None
+    if batch_id is not None:
+        batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
+    page = paginate(request, selectors.users_visible_to(request.user, batch=batch))
+    return render(request, "generator/user_list.html", {"page": page, "batch": batch})
+
+
+def json_error(status: int, message: str, errors: dict[str, Any] | None = None) -> JsonResponse:
+    return JsonResponse({"error": message, "errors": errors or {}}, status=status)
+
+
+def api_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Programs get a JSON 401, not a redirect to the login page."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return json_error(401, "Log in first (session cookie and CSRF token).")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@api_login_required
+@require_POST
+def api_batch_create(request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm(ADD_BATCH_PERMISSION):
+        return json_error(403, "You may not generate users.")
+    try:
+        payload = json.loads(request.body)
+    except (UnicodeDecodeError, ValueError):
+        return json_error(400, 'The body must be a JSON object, like {"total": 100}.')
+    if not isinstance(payload, dict):
+        return json_error(400, 'The body must be a JSON object, like {"total": 100}.')
+    form = BatchForm(data=payload)
+    if not form.is_valid():
+        return json_error(400, "Invalid batch.", form.errors.get_json_data())
+    batch = queueing.batch_submit(
+        requested_by=request.user,
+        total=form.cleaned_data["total"],
+        password=form.cleaned_data["password"],
+    )
+    response = JsonResponse(selectors.batch_status(batch), status=202)
+    response["Location"] = batch.get_absolute_url()
+    return response
+
+
+@api_login_required
+@require_GET
+def api_batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
+    try:
+        batch = selectors.batches_visible_to(request.user).get(pk=batch_id)
+    except Batch.DoesNotExist:
+        return json_error(404, "No such batch.")
+    return JsonResponse(selectors.batch_status(batch))
