@@ -38,6 +38,7 @@ def batch_generate_users(
     batch_id: int,
     chunk_size: int | None = None,
     on_progress: ProgressCallback | None = None,
+    rng: random.Random | None = None,
 ) -> Batch:
     """Create the batch's missing users, one transaction per chunk, and finish it.
 
@@ -46,7 +47,7 @@ def batch_generate_users(
     """
     chunk_size = chunk_size or conf.chunk_size()
     batch = _batch_mark_running(batch_id)
-    rng = random.Random(secrets.randbits(64))
+    rng = rng or random.Random(secrets.randbits(64))
     while not batch.is_done:
         with transaction.atomic():
             # The row lock serialises two runs of the same batch (SQLite: the IMMEDIATE

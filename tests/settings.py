@@ -1,0 +1,21 @@
+"""Test settings: the real settings, pointed at the tests' own database and Redis DB index."""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-secret")
+os.environ.setdefault("DJANGO_HTTPS", "false")
+os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+
+from site_config.settings import *  # noqa: E402, F403
+from site_config.settings import RQ_QUEUE  # noqa: E402
+
+# Never a person's data: the test runner makes its own database (test_<name>), and the queue
+# lives in a Redis DB index of its own, flushed by the tests.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RQ_QUEUES = {"default": {**RQ_QUEUE, "URL": TEST_REDIS_URL}}
+
+# Manifest storage needs collectstatic; pages rendered in-process don't.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
