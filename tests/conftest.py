@@ -87,9 +87,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     if database["ENGINE"] == "django.db.backends.sqlite3":
         database_url = f"sqlite:///{database['NAME']}"
     else:
+        host, port = database["HOST"] or "localhost", database["PORT"] or 5432
         database_url = (
-            f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST'] or 'localhost'}"
-            f":{database['PORT'] or 5432}/{database['NAME']}"
+            f"postgres://{database['USER']}:{database['PASSWORD']}@{host}:{port}/{database['NAME']}"
         )
     env = {
         **os.environ,

@@ -6,8 +6,8 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-secret")
 os.environ.setdefault("DJANGO_HTTPS", "false")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 
-from site_config.settings import *  # noqa: E402, F403
-from site_config.settings import RQ_QUEUE  # noqa: E402
+from site_config.settings import *  # noqa: F403
+from site_config.settings import RQ_QUEUE
 
 # Never a person's data: the test runner makes its own database (test_<name>), and the queue
 # lives in a Redis DB index of its own, flushed by the tests.

@@ -1,0 +1,115 @@
+"""The real queue path: commit, enqueue on the real Redis, a real burst worker, the database."""
+
+import re
+
+import pytest
+from django.urls import reverse
+from redis import Redis
+from rq import Queue
+
+from generator import queueing
+from generator.models import Batch, User
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECRET = "Tr0ub4dor&3-horse-staple"
+
+
+def redis_contents(redis_connection: Redis) -> bytes:
+    """Every key and value in the tests' Redis DB index, as one blob to search."""
+    blob = []
+    for key in redis_connection.scan_iter():
+        blob.append(key)
+        kind = redis_connection.type(key)
+        if kind == b"string":
+            blob.append(redis_connection.get(key) or b"")
+        elif kind == b"hash":
+            for field, value in redis_connection.hgetall(key).items():
+                blob += [field, value]
+        elif kind == b"list":
+            blob += redis_connection.lrange(key, 0, -1)
+        elif kind == b"zset":
+            blob += redis_connection.zrange(key, 0, -1)
+        elif kind == b"set":
+            blob += list(redis_connection.smembers(key))
+    return b"\n".join(blob)
+
+
+def test_form_post_to_finished_batch_through_a_real_worker(generator_client, queue, run_worker):
+    response = generator_client.post(reverse("generator:generate"), {"total": "137"})
+
+    batch = Batch.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == batch.get_absolute_url()
+    assert batch.status == Batch.Status.PENDING
+    job = queue.fetch_job(batch.job_id)
+    assert job is not None
+    assert job.func_name == "generator.jobs.batch_run"
+    assert job.args == [batch.pk]
+    assert job.kwargs == {}
+
+    run_worker()
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    users = User.objects.filter(batch=batch)
+    assert users.count() == 137
+    for user in users:
+        assert re.fullmatch(r"user_[A-Za-z]{10}", user.username)
+        assert user.email == f"{user.username}@example.com"
+    job = queue.fetch_job(batch.job_id)
+    assert job.get_status() == "finished"
+    assert job.return_value() == {"batch_id": batch.pk, "status": "finished", "created": 137}
+    assert job.meta == {"created": 137, "total": 137}
+
+    status = generator_client.get(reverse("generator:api_batch_detail", args=[batch.pk])).json()
+    assert status["status"] == "finished"
+    assert status["created"] == status["total"] == 137
+    assert status["percent"] == 100
+    assert status["done"] is True
+    assert status["users_url"] == f"/users/?batch={batch.pk}"
+    assert status["elapsed_seconds"] >= 0
+
+
+def test_no_password_reaches_redis(generator_client, queue, run_worker, redis_connection):
+    generator_client.post(reverse("generator:generate"), {"total": "50", "password": SECRET})
+    batch = Batch.objects.get()
+    assert redis_contents(redis_connection)  # the job is there to be searched
+
+    run_worker()
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    contents = redis_contents(redis_connection)
+    assert SECRET.encode() not in contents
+    assert batch.password_hash.encode() not in contents
+    assert b"pbkdf2" not in contents
+    assert User.objects.filter(batch=batch).first().check_password(SECRET)
+
+
+def test_a_job_timeout_fails_the_batch_with_a_reason_and_keeps_its_chunks(
+    settings, queue: Queue, run_worker
+):
+    settings.GENERATOR_JOB_TIMEOUT = 1
+    settings.GENERATOR_CHUNK_SIZE = 500
+    batch = queueing.batch_submit(requested_by=None, total=5_000_000)
+
+    run_worker()
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FAILED
+    assert batch.failure_reason == "The batch took longer than the job time limit allows."
+    assert 0 < batch.created_count < batch.total
+    # Chunks commit their users and the count together: the two never disagree.
+    assert User.objects.filter(batch=batch).count() == batch.created_count
+    assert queue.fetch_job(batch.job_id).get_status() == "failed"
+
+
+def test_a_batch_submitted_while_redis_is_down_is_kept_pending(settings, redis_connection):
+    settings.RQ_QUEUES = {
+        "default": {**settings.RQ_QUEUES["default"], "URL": "redis://127.0.0.1:1/0"}
+    }
+    batch = queueing.batch_submit(requested_by=None, total=50)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.PENDING
+    assert not redis_connection.exists(f"rq:job:{batch.job_id}")

@@ -1,0 +1,151 @@
+"""The Procfile as a platform runs it: release, then real gunicorn and rqworker processes."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Permission
+
+from generator.models import Batch, User
+
+from .conftest import subprocess_env
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
+
+PASSWORD = "a long enough test password"
+
+
+def procfile() -> dict[str, str]:
+    lines = (Path(settings.BASE_DIR) / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Browser:
+    """Just enough of a browser: cookies, CSRF tokens from forms, JSON."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def get(self, path: str) -> tuple[str, str]:
+        with self.opener.open(self.base_url + path, timeout=10) as response:
+            return response.geturl(), response.read().decode()
+
+    def post_form(self, path: str, fields: dict[str, str]) -> tuple[str, str]:
+        _, page = self.get(path)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token}).encode()
+        request = urllib.request.Request(
+            self.base_url + path, data=data, headers={"Referer": self.base_url + path}
+        )
+        with self.opener.open(request, timeout=10) as response:
+            return response.geturl(), response.read().decode()
+
+    def get_json(self, path: str) -> dict:
+        return json.loads(self.get(path)[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{url}: the web process exited with {process.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def platform(queue, tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """Run the Procfile's release step, then its web and worker processes, as Heroku would."""
+    port = free_port()
+    env = subprocess_env(
+        PORT=str(port),
+        WEB_CONCURRENCY="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    processes = procfile()
+    run = {"cwd": settings.BASE_DIR, "env": env}
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], check=True, **run
+    )
+    subprocess.run(["bash", "-c", processes["release"]], check=True, capture_output=True, **run)
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("web", "worker")}
+    started = [
+        subprocess.Popen(
+            ["bash", "-c", f"exec {processes[name]}"],
+            stdout=logs[name],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **run,
+        )
+        for name in ("web", "worker")
+    ]
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base_url}/healthz/", started[0])
+        yield base_url, started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for name, log in logs.items():
+            log.close()
+            print(f"--- {name} log ---\n{(tmp_path / f'{name}.log').read_text()}")
+
+
+def test_procfile_web_and_worker_run_a_batch_over_http(platform, django_user_model):
+    base_url, processes = platform
+    person = django_user_model.objects.create_user("carol", "carol@example.org", PASSWORD)
+    person.user_permissions.add(Permission.objects.get(codename="add_batch"))
+    browser = Browser(base_url)
+
+    url, _ = browser.post_form("/accounts/login/", {"username": "carol", "password": PASSWORD})
+    assert not url.endswith("/accounts/login/"), "login failed"
+    url, page = browser.post_form("/generate/", {"total": "321"})
+    batch = Batch.objects.get()
+    assert url == f"{base_url}/batches/{batch.pk}/"
+    assert "batch-progress" in page
+
+    deadline = time.monotonic() + 60
+    while (status := browser.get_json(f"/api/batches/{batch.pk}/"))["status"] != "finished":
+        assert status["status"] != "failed", status
+        assert time.monotonic() < deadline, f"the worker did not finish the batch: {status}"
+        time.sleep(0.2)
+
+    assert status["created"] == 321
+    assert User.objects.filter(batch=batch).count() == 321
+    _, page = browser.get(f"/batches/{batch.pk}/")
+    assert "321 users created in" in page
+    _, page = browser.get(f"/users/?batch={batch.pk}")
+    assert "321 users, newest first." in page
+
+    # A platform restart sends SIGTERM: both processes must be gone well within Heroku's 30 s.
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=30) is not None

@@ -1,0 +1,368 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+from redis import Redis
+
+from generator import services
+from generator.models import Batch, User
+
+pytestmark = pytest.mark.django_db
+
+GENERATE_URL = reverse("generator:generate")
+BATCH_LIST_URL = reverse("generator:batch_list")
+USER_LIST_URL = reverse("generator:user_list")
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings: Any) -> None:
+    # The fixtures' create_user would otherwise spend ~0.35 s each in PBKDF2.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def batch_url(batch: Batch) -> str:
+    return reverse("generator:batch_detail", args=[batch.pk])
+
+
+def users_of(batch: Batch, count: int) -> list[User]:
+    """Accounts as a worker would leave them: unusable passwords, tied to the batch."""
+    return User.objects.bulk_create(
+        User(username=f"user_{batch.pk}_{index}", password="!", batch=batch)
+        for index in range(count)
+    )
+
+
+def listed_usernames(response: Any) -> list[str]:
+    return [account.username for account in response.context["page"].object_list]
+
+
+@pytest.mark.parametrize("path", ["/generate/", "/batches/", "/batches/{batch_id}/", "/users/"])
+def test_anonymous_visitor_is_sent_to_the_login_page(
+    client: Client, generator_user: User, path: str
+) -> None:
+    batch = services.batch_create(requested_by=generator_user, total=50)
+    url = path.format(batch_id=batch.pk)
+
+    response = client.get(url)
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('login')}?next={quote(url)}"
+
+
+def test_login_page_renders(client: Client) -> None:
+    response = client.get(reverse("login"))
+
+    assert response.status_code == 200
+    assert b'name="username"' in response.content
+    assert b'name="password"' in response.content
+
+
+def test_healthz_answers_ok_without_login(client: Client) -> None:
+    response = client.get(reverse("healthz"))
+
+    assert response.status_code == 200
+    assert response.content == b"ok"
+
+
+def test_generate_form_renders_for_a_permitted_user(generator_client: Client) -> None:
+    response = generator_client.get(GENERATE_URL)
+
+    assert response.status_code == 200
+    assert b'name="total"' in response.content
+    assert b"From 50 to 500." in response.content
+
+
+def test_generate_form_is_forbidden_without_permission(reader_client: Client) -> None:
+    assert reader_client.get(GENERATE_URL).status_code == 403
+
+
+def test_generate_post_is_forbidden_without_permission(reader_client: Client) -> None:
+    response = reader_client.post(GENERATE_URL, {"total": "60"})
+
+    assert response.status_code == 403
+    assert Batch.objects.count() == 0
+
+
+def test_generate_post_without_csrf_token_is_a_403_and_creates_nothing(
+    generator_user: User,
+) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(generator_user)
+
+    response = client.post(GENERATE_URL, {"total": "60"})
+
+    assert response.status_code == 403
+    assert Batch.objects.count() == 0
+
+
+def test_generate_post_with_csrf_token_from_the_form_is_accepted(generator_user: User) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(generator_user)
+    token = client.get(GENERATE_URL).context["csrf_token"]
+
+    response = client.post(GENERATE_URL, {"total": "60", "csrfmiddlewaretoken": token})
+
+    assert response.status_code == 302
+    assert Batch.objects.count() == 1
+
+
+def test_valid_generate_post_redirects_to_the_new_batch_page(
+    generator_client: Client, generator_user: User
+) -> None:
+    response = generator_client.post(GENERATE_URL, {"total": "60"})
+
+    batch = Batch.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == batch_url(batch)
+    assert batch.requested_by == generator_user
+    assert batch.total == 60
+    page = generator_client.get(response["Location"])
+    assert f"Batch #{batch.pk} accepted: 60 users on the way." in page.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("total", "message"),
+    [
+        ("", "Say how many users to create."),
+        ("abc", "Enter a whole number, like 100."),
+        ("49", "Ensure this value is greater than or equal to 50."),
+        ("501", "Ensure this value is less than or equal to 500."),
+        ("9" * 5000, "Ensure this value is less than or equal to 500."),
+        ("5\x000", "Enter a whole number, like 100."),
+    ],
+)
+def test_invalid_generate_post_shows_the_form_error_and_creates_nothing(
+    generator_client: Client, total: str, message: str
+) -> None:
+    response = generator_client.post(GENERATE_URL, {"total": total})
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["total"] == [message]
+    assert message in response.content.decode()
+    assert Batch.objects.count() == 0
+
+
+def test_generate_post_with_a_too_common_password_shows_the_error(
+    generator_client: Client,
+) -> None:
+    response = generator_client.post(GENERATE_URL, {"total": "60", "password": "password"})
+
+    assert response.status_code == 200
+    assert "This password is too common." in response.content.decode()
+    assert Batch.objects.count() == 0
+
+
+def test_html_in_total_is_escaped_when_the_form_is_shown_again(generator_client: Client) -> None:
+    response = generator_client.post(GENERATE_URL, {"total": "<script>alert(1)</script>"})
+
+    assert response.status_code == 200
+    assert b"<script>alert(1)</script>" not in response.content
+    assert Batch.objects.count() == 0
+
+
+def test_batch_list_shows_only_own_batches_to_non_staff(
+    generator_client: Client, generator_user: User, reader_user: User
+) -> None:
+    own = services.batch_create(requested_by=generator_user, total=50)
+    services.batch_create(requested_by=reader_user, total=60)
+
+    response = generator_client.get(BATCH_LIST_URL)
+
+    assert response.status_code == 200
+    assert list(response.context["page"].object_list) == [own]
+
+
+def test_batch_list_shows_every_batch_to_staff(
+    admin_client: Client, generator_user: User, reader_user: User
+) -> None:
+    first = services.batch_create(requested_by=generator_user, total=50)
+    second = services.batch_create(requested_by=reader_user, total=60)
+
+    response = admin_client.get(BATCH_LIST_URL)
+
+    assert response.status_code == 200
+    assert list(response.context["page"].object_list) == [second, first]
+
+
+def test_batch_page_of_another_users_batch_is_a_404(
+    generator_client: Client, reader_user: User
+) -> None:
+    batch = services.batch_create(requested_by=reader_user, total=50)
+
+    assert generator_client.get(batch_url(batch)).status_code == 404
+
+
+def test_batch_page_of_an_id_beyond_any_integer_column_is_a_404(
+    generator_client: Client,
+) -> None:
+    assert generator_client.get("/batches/99999999999999999999999/").status_code == 404
+
+
+def test_batch_page_of_a_pending_batch_says_it_is_queued(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = services.batch_create(requested_by=generator_user, total=50)
+
+    response = generator_client.get(batch_url(batch))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f"Batch #{batch.pk}" in html
+    assert "Queued" in html
+    assert reverse("generator:api_batch_detail", args=[batch.pk]) in html
+
+
+def test_batch_page_of_a_finished_batch_links_to_its_users(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = services.batch_create(requested_by=generator_user, total=50)
+    now = timezone.now()
+    Batch.objects.filter(pk=batch.pk).update(
+        status=Batch.Status.FINISHED,
+        created_count=50,
+        started_at=now - timedelta(seconds=2),
+        finished_at=now,
+    )
+
+    response = generator_client.get(batch_url(batch))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "50 users created in 2.00 s." in html
+    assert f'href="/users/?batch={batch.pk}"' in html
+
+
+def test_batch_page_of_a_failed_batch_shows_its_reason(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = services.batch_create(requested_by=generator_user, total=50)
+    services.batch_fail(batch_id=batch.pk, reason="The job ran out of time.")
+
+    response = generator_client.get(batch_url(batch))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "This batch failed: The job ran out of time." in html
+    assert "0 of 50 users were created." in html
+
+
+def test_user_list_is_newest_first_and_paginated(
+    generator_client: Client, generator_user: User, settings: Any
+) -> None:
+    settings.GENERATOR_PAGE_SIZE = 5
+    batch = services.batch_create(requested_by=generator_user, total=50)
+    users_of(batch, 12)
+    newest_first = list(
+        User.objects.filter(batch=batch).order_by("-id").values_list("username", flat=True)
+    )
+
+    first = generator_client.get(USER_LIST_URL)
+    second = generator_client.get(USER_LIST_URL, {"page": "2"})
+    last = generator_client.get(USER_LIST_URL, {"page": "3"})
+
+    assert first.status_code == second.status_code == last.status_code == 200
+    assert listed_usernames(first) == newest_first[:5]
+    assert listed_usernames(second) == newest_first[5:10]
+    assert listed_usernames(last) == newest_first[10:]
+    assert "12 users, newest first." in first.content.decode()
+    assert "Page 2 of 3" in second.content.decode()
+
+
+@pytest.mark.parametrize("page", ["999", "abc", "0", "-1", "1.5"])
+def test_user_list_with_a_bad_page_is_a_404(
+    generator_client: Client, generator_user: User, settings: Any, page: str
+) -> None:
+    settings.GENERATOR_PAGE_SIZE = 5
+    users_of(services.batch_create(requested_by=generator_user, total=50), 6)
+
+    assert generator_client.get(USER_LIST_URL, {"page": page}).status_code == 404
+
+
+def test_user_list_of_non_staff_shows_only_the_users_of_their_batches(
+    generator_client: Client, generator_user: User, reader_user: User
+) -> None:
+    own = users_of(services.batch_create(requested_by=generator_user, total=50), 2)
+    users_of(services.batch_create(requested_by=reader_user, total=50), 3)
+
+    response = generator_client.get(USER_LIST_URL)
+
+    assert sorted(listed_usernames(response)) == sorted(user.username for user in own)
+
+
+def test_user_list_filtered_by_batch_shows_only_that_batchs_users(
+    generator_client: Client, generator_user: User
+) -> None:
+    wanted = services.batch_create(requested_by=generator_user, total=50)
+    other = services.batch_create(requested_by=generator_user, total=50)
+    wanted_users = users_of(wanted, 3)
+    users_of(other, 4)
+
+    response = generator_client.get(USER_LIST_URL, {"batch": str(wanted.pk)})
+
+    assert response.status_code == 200
+    assert response.context["batch"] == wanted
+    assert sorted(listed_usernames(response)) == sorted(user.username for user in wanted_users)
+
+
+def test_user_list_page_links_keep_the_batch_filter(
+    generator_client: Client, generator_user: User, settings: Any
+) -> None:
+    settings.GENERATOR_PAGE_SIZE = 5
+    batch = services.batch_create(requested_by=generator_user, total=50)
+    users_of(batch, 6)
+
+    response = generator_client.get(USER_LIST_URL, {"batch": str(batch.pk)})
+
+    assert f'href="?batch={batch.pk}&amp;page=2"' in response.content.decode()
+
+
+@pytest.mark.parametrize("batch_id", ["abc", "999999", "-1", "1.0", "99999999999999999999999"])
+def test_user_list_filtered_by_a_bad_or_unknown_batch_is_a_404(
+    generator_client: Client, batch_id: str
+) -> None:
+    assert generator_client.get(USER_LIST_URL, {"batch": batch_id}).status_code == 404
+
+
+def test_user_list_filtered_by_another_users_batch_is_a_404(
+    generator_client: Client, reader_user: User
+) -> None:
+    batch = services.batch_create(requested_by=reader_user, total=50)
+    users_of(batch, 2)
+
+    response = generator_client.get(USER_LIST_URL, {"batch": str(batch.pk)})
+
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/generator/batch/",
+        "/admin/generator/batch/{batch_id}/change/",
+        "/admin/generator/user/",
+        "/admin/generator/user/?batch__id__exact={batch_id}",
+        "/django-rq/",
+    ],
+)
+def test_superuser_can_open_the_admin_pages_and_the_queue_dashboard(
+    admin_client: Client, generator_user: User, redis_connection: Redis, path: str
+) -> None:
+    batch = services.batch_create(requested_by=generator_user, total=50)
+    users_of(batch, 2)
+
+    response = admin_client.get(path.format(batch_id=batch.pk))
+
+    assert response.status_code == 200
+
+
+def test_queue_dashboard_sends_non_staff_to_the_admin_login(generator_client: Client) -> None:
+    response = generator_client.get("/django-rq/")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))
