@@ -21,9 +21,11 @@ USER_LIST_URL = reverse("generator:user_list")
 
 
 @pytest.fixture(autouse=True)
-def fast_password_hasher(settings: Any) -> None:
-    # The fixtures' create_user would otherwise spend ~0.35 s each in PBKDF2.
+def fast_settings(settings: Any) -> None:
+    # Speed only, no behaviour under test: each create_user would spend ~0.35 s in PBKDF2, and
+    # each new test Client would have WhiteNoise index every static file (~50 ms).
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.WHITENOISE_AUTOREFRESH = True
 
 
 def batch_url(batch: Batch) -> str:
