@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 
 from . import conf
 
-WHOLE_NUMBER = re.compile(r"[+-]?\d+")
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 # Past this many digits a number is out of any range we accept; checked before int() so a
 # 5000-digit string costs nothing.
 MAX_DIGITS = 18

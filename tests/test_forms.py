@@ -23,6 +23,7 @@ BAD_TOTALS = [
     pytest.param("50.0", WHOLE_NUMBER, id="decimal-zero"),
     pytest.param("1e3", WHOLE_NUMBER, id="exponent"),
     pytest.param("1,000", WHOLE_NUMBER, id="thousands-separator"),
+    pytest.param("\u0665\u0660", WHOLE_NUMBER, id="non-ascii-digits"),
     pytest.param(" ", WHOLE_NUMBER, id="blank"),
     pytest.param("9" * 5000, AT_MOST_500, id="5000-digits"),
     pytest.param("-" + "9" * 5000, AT_LEAST_50, id="minus-5000-digits"),
