@@ -1,6 +1,7 @@
 """Test settings: the real settings, pointed at the tests' own database and Redis DB index."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-secret")
 os.environ.setdefault("DJANGO_HTTPS", "false")
@@ -19,3 +20,6 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    Path(DATABASES["default"]["TEST"]["NAME"]).parent.mkdir(exist_ok=True)  # noqa: F405
