@@ -4,7 +4,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from django_rq.settings import get_queues_map
 
-from . import conf
+from . import conf, queueing, services
 from .models import Batch, User
 
 
@@ -35,10 +35,30 @@ class BatchAdmin(admin.ModelAdmin):
         "started_at",
         "finished_at",
         "duration",
+        "jobs_enqueued",
         "rq_job",
         "users_link",
     ]
     exclude = ["password_hash"]
+    actions = ["cancel_batches", "resume_batches"]
+
+    @admin.action(description="Cancel the selected batches (users made so far are kept)")
+    def cancel_batches(self, request, queryset) -> None:
+        cancelled = [
+            batch.pk
+            for batch in queryset
+            if services.batch_cancel(batch_id=batch.pk).status == Batch.Status.CANCELLED
+        ]
+        self.message_user(request, f"Cancelled {len(cancelled)} batch(es).")
+
+    @admin.action(description="Resume the selected failed or cancelled batches")
+    def resume_batches(self, request, queryset) -> None:
+        resumed = [
+            batch.pk
+            for batch in queryset
+            if queueing.batch_resume(batch_id=batch.pk).status == Batch.Status.PENDING
+        ]
+        self.message_user(request, f"Resumed {len(resumed)} batch(es).")
 
     def has_add_permission(self, request, obj=None) -> bool:
         # Batches are made through the form, API or CLI, which also enqueue their job.

@@ -29,3 +29,23 @@ def page_size() -> int:
 
 def queue_name() -> str:
     return getattr(settings, "GENERATOR_QUEUE", "default")
+
+
+def lease_seconds() -> int:
+    return getattr(settings, "GENERATOR_LEASE_SECONDS", 30)
+
+
+def fanout_threshold() -> int:
+    return getattr(settings, "GENERATOR_FANOUT_THRESHOLD", 100_000)
+
+
+def fanout_jobs() -> int:
+    return getattr(settings, "GENERATOR_FANOUT_JOBS", 4)
+
+
+def reconcile_grace_seconds() -> int:
+    return getattr(settings, "GENERATOR_RECONCILE_GRACE_SECONDS", 30)
+
+
+def reconcile_interval_seconds() -> int:
+    return getattr(settings, "GENERATOR_RECONCILE_INTERVAL_SECONDS", 30)

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from django.db import DatabaseError
 from rq import get_current_job
+from rq.exceptions import ShutDownImminentException
 from rq.timeouts import JobTimeoutException
 
-from . import services
+from . import queueing, services
 from .models import Batch
 
 logger = logging.getLogger(__name__)
 
 
 def batch_run(batch_id: int) -> dict[str, Any]:
-    """Create the users of one batch, reporting progress to the dashboard through job.meta."""
+    """Fill the batch's free chunks, reporting progress to the dashboard through job.meta."""
     job = get_current_job()
+    # Unique per execution: the dashboard can requeue a job id that is still running.
+    run_id = f"{job.id if job else 'run'}:{uuid.uuid4().hex[:8]}"
 
     def report(batch: Batch) -> None:
         if job is not None:
@@ -25,7 +29,14 @@ def batch_run(batch_id: int) -> dict[str, Any]:
             job.save_meta()
 
     try:
-        batch = services.batch_generate_users(batch_id=batch_id, on_progress=report)
+        batch = services.batch_generate_users(batch_id=batch_id, run_id=run_id, on_progress=report)
+    except ShutDownImminentException:
+        # A platform restart (SIGTERM): hand the chunks over and queue the rest for the next
+        # worker at once, instead of waiting for the leases to run out.
+        logger.warning("batch %s: worker shutting down, handing the batch over", batch_id)
+        services.batch_release(batch_id=batch_id, run_id=run_id)
+        queueing.batch_enqueue(batch_id)
+        raise
     except JobTimeoutException:
         services.batch_fail(
             batch_id=batch_id, reason="The batch took longer than the job time limit allows."
@@ -42,3 +53,8 @@ def batch_run(batch_id: int) -> dict[str, Any]:
         services.batch_fail(batch_id=batch_id, reason="An unexpected error stopped the batch.")
         raise
     return {"batch_id": batch.pk, "status": batch.status, "created": batch.created_count}
+
+
+def batches_reconcile() -> dict[str, Any]:
+    """Enqueue runs for batches nothing is working on (scheduled, and at worker start)."""
+    return {"enqueued": queueing.batches_reconcile()}

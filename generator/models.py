@@ -17,6 +17,7 @@ class Batch(models.Model):
         RUNNING = "running", "Creating users"
         FINISHED = "finished", "Finished"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -32,6 +33,11 @@ class Batch(models.Model):
     # passwords. Kept here, never in the job, so no password reaches Redis.
     password_hash = models.CharField(max_length=256, blank=True, editable=False)
     failure_reason = models.TextField(blank=True)
+    # Every run of the batch is an RQ job; runs may overlap, so the reconciler only needs
+    # to know the latest one to tell whether the batch is still waiting in the queue.
+    jobs_enqueued = models.PositiveIntegerField(default=0)
+    last_job_id = models.CharField(max_length=64, blank=True)
+    last_enqueued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -49,12 +55,26 @@ class Batch(models.Model):
 
     @property
     def job_id(self) -> str:
+        """The id of the batch's latest RQ job (its first before any is enqueued)."""
+        return self.last_job_id or self.job_id_for(1)
+
+    def job_id_for(self, number: int) -> str:
         # Ours, not RQ's: django-rq enqueues on commit and returns no job inside a transaction.
-        return f"batch-{self.pk}"
+        return f"batch-{self.pk}" if number == 1 else f"batch-{self.pk}-{number}"
 
     @property
     def is_done(self) -> bool:
-        return self.status in {self.Status.FINISHED, self.Status.FAILED}
+        return self.status in {self.Status.FINISHED, self.Status.FAILED, self.Status.CANCELLED}
+
+    @property
+    def can_resume(self) -> bool:
+        return self.status in {self.Status.FAILED, self.Status.CANCELLED} and (
+            self.created_count < self.total
+        )
+
+    @property
+    def can_cancel(self) -> bool:
+        return not self.is_done
 
     @property
     def percent(self) -> int:
@@ -83,6 +103,28 @@ class Batch(models.Model):
         if rate is None or self.is_done:
             return None
         return timedelta(seconds=(self.total - self.created_count) / rate)
+
+
+class BatchChunk(models.Model):
+    """A slice of a batch that one run claims, fills and commits in one transaction."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    size = models.PositiveIntegerField()
+    done = models.BooleanField(default=False)
+    # A run holds a chunk while it fills it; a lease that runs out (a killed worker) frees it.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["batch", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "index"], name="unique_chunk_per_batch")
+        ]
+        indexes = [models.Index(fields=["batch", "done"])]
+
+    def __str__(self) -> str:
+        return f"Batch #{self.batch_id} chunk {self.index} ({self.size} users)"
 
 
 class User(AbstractUser):

@@ -1,41 +1,103 @@
-"""Putting batches on the RQ queue: after commit, under a job id of our own."""
+"""Putting batch runs on the RQ queue: after commit, under job ids of our own."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import partial
 
 import django_rq
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
 
-from . import conf, jobs, services
+from . import conf, selectors, services
 from .models import Batch, User
 
 logger = logging.getLogger(__name__)
 
+# By name, so this module and jobs.py need not import each other.
+BATCH_RUN = "generator.jobs.batch_run"
+WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
-def batch_enqueue(batch_id: int) -> bool:
-    """Enqueue the batch's job; False (and logged) when Redis cannot be reached."""
-    queue = django_rq.get_queue(conf.queue_name())
+
+def batch_queue() -> Queue:
+    return django_rq.get_queue(conf.queue_name())
+
+
+def runs_for(batch: Batch) -> int:
+    """How many runs to start: several for a big batch on PostgreSQL, else one.
+
+    SQLite has a single writer, so parallel runs would only queue up behind its lock.
+    """
+    if connection.vendor == "sqlite" or batch.total <= conf.fanout_threshold():
+        return 1
+    return max(1, min(conf.fanout_jobs(), batch.chunks.count()))
+
+
+def batch_enqueue(batch_id: int, *, runs: int = 1) -> bool:
+    """Enqueue `runs` jobs for the batch; False (and logged) when Redis cannot be reached."""
+    queue = batch_queue()
     try:
-        queue.enqueue(
-            jobs.batch_run,
-            batch_id,
-            job_id=Batch(pk=batch_id).job_id,
-            job_timeout=conf.job_timeout(),
-            description=f"Generate the users of batch #{batch_id}",
-        )
+        for _ in range(runs):
+            job_id = services.batch_record_enqueued(batch_id=batch_id)
+            queue.enqueue(
+                BATCH_RUN,
+                batch_id,
+                job_id=job_id,
+                job_timeout=conf.job_timeout(),
+                description=f"Generate the users of batch #{batch_id}",
+            )
     except RedisError:
+        # The batch stays pending; the reconciler enqueues it once Redis answers again.
         logger.warning("batch %s: Redis unreachable, left pending", batch_id, exc_info=True)
         return False
     return True
 
 
 def batch_submit(*, requested_by: User | None, total: int, password: str = "") -> Batch:
-    """Record a batch, then enqueue its job once the row is committed."""
+    """Record a batch, then enqueue its runs once the row is committed."""
     with transaction.atomic():
         batch = services.batch_create(requested_by=requested_by, total=total, password=password)
-        # Enqueued after commit: a worker must never pick up a batch it cannot read yet.
-        transaction.on_commit(partial(batch_enqueue, batch.pk))
+        # After commit: a worker must never pick up a batch it cannot read yet.
+        transaction.on_commit(partial(batch_enqueue, batch.pk, runs=runs_for(batch)))
     return batch
+
+
+def batch_resume(*, batch_id: int) -> Batch:
+    """Reopen a failed or cancelled batch and enqueue runs to finish it."""
+    with transaction.atomic():
+        batch = services.batch_reopen(batch_id=batch_id)
+        if batch.status == Batch.Status.PENDING:
+            transaction.on_commit(partial(batch_enqueue, batch.pk, runs=runs_for(batch)))
+    return batch
+
+
+def job_is_waiting(queue: Queue, job_id: str) -> bool:
+    try:
+        job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) in WAITING
+
+
+def batches_reconcile() -> list[int]:
+    """Enqueue a run for each unfinished batch that no live run holds and no job waits for.
+
+    That covers a batch whose enqueue failed (Redis down at commit), whose job Redis lost
+    (a restart without persistence), and whose run died (a killed worker: its chunk leases
+    run out). An extra run is harmless: it finds nothing to claim and ends.
+    """
+    queue = batch_queue()
+    quiet_since = timezone.now() - timedelta(seconds=conf.reconcile_grace_seconds())
+    enqueued = []
+    for batch in selectors.batches_without_a_live_run(quiet_since=quiet_since):
+        if batch.last_job_id and job_is_waiting(queue, batch.last_job_id):
+            continue
+        logger.info("batch %s: no live run, enqueueing one", batch.pk)
+        if batch_enqueue(batch.pk, runs=runs_for(batch)):
+            enqueued.append(batch.pk)
+    return enqueued

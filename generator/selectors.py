@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.urls import reverse
+from django.utils import timezone
 
-from .models import Batch, User
+from .models import Batch, BatchChunk, User
+
+ADD_BATCH_PERMISSION = "generator.add_batch"
+
+
+def can_manage(user: User, batch: Batch) -> bool:
+    """Staff, and whoever asked for the batch (while they may generate), may cancel or resume."""
+    if user.is_staff:
+        return True
+    return batch.requested_by_id == user.pk and user.has_perm(ADD_BATCH_PERMISSION)
 
 
 def batches_visible_to(user: User) -> QuerySet[Batch]:
@@ -47,6 +58,8 @@ def batch_status(batch: Batch) -> dict[str, Any]:
         "elapsed_seconds": _seconds(batch.elapsed),
         "eta_seconds": _seconds(batch.eta),
         "failure_reason": batch.failure_reason,
+        "can_resume": batch.can_resume,
+        "can_cancel": batch.can_cancel,
         "requested_by": batch.requested_by.get_username() if batch.requested_by else None,
         "created_at": batch.created_at.isoformat(),
         "started_at": batch.started_at.isoformat() if batch.started_at else None,
@@ -54,3 +67,19 @@ def batch_status(batch: Batch) -> dict[str, Any]:
         "url": batch.get_absolute_url(),
         "users_url": f"{reverse('generator:user_list')}?batch={batch.pk}",
     }
+
+
+def batches_without_a_live_run(*, quiet_since: datetime) -> QuerySet[Batch]:
+    """Unfinished batches with no chunk under a live lease and no job enqueued lately."""
+    live_lease = BatchChunk.objects.filter(
+        batch=OuterRef("pk"), done=False, lease_expires_at__gt=timezone.now()
+    )
+    return (
+        Batch.objects.filter(status__in=[Batch.Status.PENDING, Batch.Status.RUNNING])
+        .filter(
+            Q(last_enqueued_at__lt=quiet_since)
+            | Q(last_enqueued_at__isnull=True, created_at__lt=quiet_since)
+        )
+        .exclude(Exists(live_lease))
+        .order_by("created_at")
+    )

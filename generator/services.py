@@ -1,70 +1,88 @@
-"""State changes: recording batches and generating their users. Knows nothing of HTTP or RQ."""
+"""State changes: recording batches and generating their users. Knows nothing of HTTP or RQ.
+
+A batch is cut into chunks when it is created. A run (one RQ job) claims a free chunk under
+a lease, fills it and marks it done in one transaction that also adds to the batch's count,
+then claims the next. Any number of runs may work on one batch at once, and a run may die at
+any point: a chunk is either committed whole or free again once its lease runs out, so the
+batch always ends with exactly its total.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import string
+import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX, make_password
-from django.db import transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import conf
-from .models import Batch, User
+from .models import Batch, BatchChunk, User
 
 logger = logging.getLogger(__name__)
 
 USERNAME_PREFIX = "user_"
 USERNAME_RANDOM_LENGTH = 10
 EMAIL_DOMAIN = "example.com"
+# A lost connection, a locked SQLite file or a username taken by a concurrent insert is
+# worth a few tries before the job gives up.
+CHUNK_ATTEMPTS = 5
+RETRY_DELAY_SECONDS = 0.2
 
 ProgressCallback = Callable[[Batch], None]
 
 
-def batch_create(*, requested_by: User | None, total: int, password: str = "") -> Batch:
-    """Record a pending batch; a shared password is hashed here, once for the whole batch."""
-    return Batch.objects.create(
-        requested_by=requested_by,
-        total=total,
-        password_hash=make_password(password) if password else "",
-    )
+def batch_create(
+    *, requested_by: User | None, total: int, password: str = "", chunk_size: int | None = None
+) -> Batch:
+    """Record a pending batch and its chunks; a shared password is hashed here, once."""
+    chunk_size = chunk_size or conf.chunk_size()
+    with transaction.atomic():
+        batch = Batch.objects.create(
+            requested_by=requested_by,
+            total=total,
+            password_hash=make_password(password) if password else "",
+        )
+        BatchChunk.objects.bulk_create(
+            BatchChunk(batch=batch, index=index, size=min(chunk_size, total - index * chunk_size))
+            for index in range(math.ceil(total / chunk_size))
+        )
+    return batch
 
 
 def batch_generate_users(
     *,
     batch_id: int,
-    chunk_size: int | None = None,
+    run_id: str | None = None,
     on_progress: ProgressCallback | None = None,
     rng: random.Random | None = None,
 ) -> Batch:
-    """Create the batch's missing users, one transaction per chunk, and finish it.
+    """Fill the batch's free chunks until none is left, and return the batch as it then is.
 
-    Each chunk commits its users together with the batch's new count, so a rerun after a
-    crash fills only what is missing and a batch never ends with more than it asked for.
+    Safe to call many times at once: each call claims different chunks.
     """
-    chunk_size = chunk_size or conf.chunk_size()
-    batch = _batch_mark_running(batch_id)
+    run_id = run_id or uuid.uuid4().hex
     rng = rng or random.Random(secrets.randbits(64))
-    while not batch.is_done:
-        with transaction.atomic():
-            # The row lock serialises two runs of the same batch (SQLite: the IMMEDIATE
-            # transaction does the same), so the count they both read is the true one.
-            batch = Batch.objects.select_for_update().get(pk=batch_id)
-            missing = batch.total - batch.created_count
-            if missing > 0:
-                batch.created_count += _users_insert(
-                    batch=batch, count=min(chunk_size, missing), rng=rng
-                )
-            if batch.created_count >= batch.total:
-                batch.status = Batch.Status.FINISHED
-                batch.finished_at = timezone.now()
-            batch.save(update_fields=["created_count", "status", "finished_at"])
+    batch = _batch_start(batch_id)
+    while batch.status == Batch.Status.RUNNING:
+        filled = _retrying_database_errors(
+            lambda: _chunk_claim_and_fill(batch_id=batch_id, run_id=run_id, rng=rng)
+        )
+        batch = Batch.objects.get(pk=batch_id)
+        if filled is None:
+            break
         logger.info(
-            "batch %s: %s/%s users (%.0f users/s)",
-            batch.pk,
+            "batch %s: chunk %s done, %s/%s users (%.0f users/s)",
+            batch_id,
+            filled.index,
             batch.created_count,
             batch.total,
             batch.rate or 0,
@@ -76,21 +94,143 @@ def batch_generate_users(
 
 def batch_fail(*, batch_id: int, reason: str) -> None:
     """Mark an unfinished batch failed with a reason a person can read."""
-    Batch.objects.filter(pk=batch_id).exclude(status=Batch.Status.FINISHED).update(
-        status=Batch.Status.FAILED, failure_reason=reason, finished_at=timezone.now()
+    with transaction.atomic():
+        Batch.objects.filter(pk=batch_id, status__in=_ACTIVE).update(
+            status=Batch.Status.FAILED, failure_reason=reason, finished_at=timezone.now()
+        )
+        _leases_clear(batch_id)
+
+
+def batch_cancel(*, batch_id: int) -> Batch:
+    """Stop an unfinished batch between chunks; the users already committed are kept."""
+    with transaction.atomic():
+        Batch.objects.filter(pk=batch_id, status__in=_ACTIVE).update(
+            status=Batch.Status.CANCELLED, finished_at=timezone.now()
+        )
+    return Batch.objects.get(pk=batch_id)
+
+
+def batch_reopen(*, batch_id: int) -> Batch:
+    """Make a failed or cancelled batch pending again, so new runs finish what is missing."""
+    with transaction.atomic():
+        reopened = Batch.objects.filter(
+            pk=batch_id,
+            status__in=[Batch.Status.FAILED, Batch.Status.CANCELLED],
+            created_count__lt=F("total"),
+        ).update(status=Batch.Status.PENDING, failure_reason="", finished_at=None)
+        if reopened:
+            # Whoever held a chunk is gone or stopping: a run still alive checks its lease
+            # under the chunk's lock before it writes, so it cannot double a chunk.
+            _leases_clear(batch_id)
+    return Batch.objects.get(pk=batch_id)
+
+
+def batch_release(*, batch_id: int, run_id: str) -> None:
+    """Give back the chunks a stopping run holds, so the next run can take them at once."""
+    BatchChunk.objects.filter(batch_id=batch_id, lease_owner=run_id, done=False).update(
+        lease_owner="", lease_expires_at=None
     )
 
 
-def _batch_mark_running(batch_id: int) -> Batch:
+def batch_record_enqueued(*, batch_id: int) -> str:
+    """Count one more job for the batch and return the job id it must have."""
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch_id)
-        if batch.is_done:
-            return batch
-        batch.status = Batch.Status.RUNNING
-        batch.started_at = batch.started_at or timezone.now()
-        batch.failure_reason = ""
-        batch.save(update_fields=["status", "started_at", "failure_reason"])
-    return batch
+        batch.jobs_enqueued += 1
+        batch.last_job_id = batch.job_id_for(batch.jobs_enqueued)
+        batch.last_enqueued_at = timezone.now()
+        batch.save(update_fields=["jobs_enqueued", "last_job_id", "last_enqueued_at"])
+    return batch.last_job_id
+
+
+_ACTIVE = [Batch.Status.PENDING, Batch.Status.RUNNING]
+
+
+def _batch_start(batch_id: int) -> Batch:
+    now = timezone.now()
+    Batch.objects.filter(pk=batch_id, status=Batch.Status.PENDING).update(
+        status=Batch.Status.RUNNING, started_at=now
+    )
+    # A resumed batch keeps the start of its first run, so its figures cover the whole batch.
+    Batch.objects.filter(pk=batch_id, started_at__isnull=True).update(started_at=now)
+    return Batch.objects.get(pk=batch_id)
+
+
+def _leases_clear(batch_id: int) -> None:
+    BatchChunk.objects.filter(batch_id=batch_id, done=False).update(
+        lease_owner="", lease_expires_at=None
+    )
+
+
+def _retrying_database_errors[T](attempt: Callable[[], T]) -> T:
+    for number in range(1, CHUNK_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except (OperationalError, InterfaceError, IntegrityError):
+            if number == CHUNK_ATTEMPTS:
+                raise
+            logger.warning(
+                "database error, retrying the chunk (%s/%s)", number, CHUNK_ATTEMPTS, exc_info=True
+            )
+            # The connection may be dead (a restarted server, a killed backend): start afresh.
+            connection.close()
+            time.sleep(RETRY_DELAY_SECONDS * 2 ** (number - 1))
+    raise AssertionError("unreachable")
+
+
+def _chunk_claim_and_fill(*, batch_id: int, run_id: str, rng: random.Random) -> BatchChunk | None:
+    chunk = _chunk_claim(batch_id=batch_id, run_id=run_id)
+    if chunk is None:
+        return None
+    _chunk_fill(chunk_id=chunk.pk, run_id=run_id, rng=rng)
+    return chunk
+
+
+def _chunk_claim(*, batch_id: int, run_id: str) -> BatchChunk | None:
+    now = timezone.now()
+    with transaction.atomic():
+        # SKIP LOCKED lets parallel runs on PostgreSQL take different chunks without waiting;
+        # SQLite has one writer at a time (IMMEDIATE transactions), so the question is moot.
+        chunk = (
+            BatchChunk.objects.select_for_update(skip_locked=True)
+            .filter(batch_id=batch_id, done=False)
+            .filter(
+                Q(lease_owner="")
+                | Q(lease_owner=run_id)
+                | Q(lease_expires_at__lt=now)
+                | Q(lease_expires_at__isnull=True)
+            )
+            .order_by("index")
+            .first()
+        )
+        if chunk is not None:
+            chunk.lease_owner = run_id
+            chunk.lease_expires_at = now + timedelta(seconds=conf.lease_seconds())
+            chunk.save(update_fields=["lease_owner", "lease_expires_at"])
+    return chunk
+
+
+def _chunk_fill(*, chunk_id: int, run_id: str, rng: random.Random) -> None:
+    with transaction.atomic():
+        chunk = BatchChunk.objects.select_for_update().get(pk=chunk_id)
+        if chunk.done or chunk.lease_owner != run_id:
+            return  # another run took it over after our lease ran out
+        batch = Batch.objects.only("status", "password_hash").get(pk=chunk.batch_id)
+        if batch.status != Batch.Status.RUNNING:
+            return  # cancelled or failed meanwhile: stop between chunks
+        created = 0
+        while created < chunk.size:
+            created += _users_insert(batch=batch, count=chunk.size - created, rng=rng)
+        chunk.done = True
+        chunk.lease_owner = ""
+        chunk.lease_expires_at = None
+        chunk.save(update_fields=["done", "lease_owner", "lease_expires_at"])
+        Batch.objects.filter(pk=batch.pk).update(created_count=F("created_count") + created)
+        # The batch row is locked by the update above until commit, so exactly one run
+        # sees the count reach the total and finishes the batch.
+        Batch.objects.filter(
+            pk=batch.pk, status=Batch.Status.RUNNING, created_count__gte=F("total")
+        ).update(status=Batch.Status.FINISHED, finished_at=timezone.now())
 
 
 def random_username(rng: random.Random) -> str:
@@ -98,28 +238,28 @@ def random_username(rng: random.Random) -> str:
 
 
 def _users_insert(*, batch: Batch, count: int, rng: random.Random) -> int:
-    """Insert up to `count` users for the batch and return how many were inserted.
+    """Insert up to `count` users for the batch and return exactly how many were inserted.
 
-    A name already taken (by anyone) is skipped, not an error: the caller's loop asks for
-    the difference in the next chunk.
+    A drawn name that is already taken is dropped and the caller asks again for the
+    difference. A name taken meanwhile by a concurrent transaction raises IntegrityError,
+    which rolls the whole chunk back to be retried.
     """
-    usernames: set[str] = set()
-    while len(usernames) < count:
-        usernames.add(random_username(rng))
+    drawn: set[str] = set()
+    while len(drawn) < count:
+        drawn.add(random_username(rng))
+    taken = set(User.objects.filter(username__in=drawn).values_list("username", flat=True))
+    fresh = drawn - taken
     now = timezone.now()
     User.objects.bulk_create(
-        [
-            User(
-                username=username,
-                email=f"{username}@{EMAIL_DOMAIN}",
-                # A random unusable password per account when no shared password was asked for:
-                # cheap, and nothing can log in with it.
-                password=batch.password_hash or UNUSABLE_PASSWORD_PREFIX + secrets.token_hex(20),
-                date_joined=now,
-                batch_id=batch.pk,
-            )
-            for username in usernames
-        ],
-        ignore_conflicts=True,
+        User(
+            username=username,
+            email=f"{username}@{EMAIL_DOMAIN}",
+            # A random unusable password per account when no shared password was asked for:
+            # cheap, and nothing can log in with it.
+            password=batch.password_hash or UNUSABLE_PASSWORD_PREFIX + secrets.token_hex(20),
+            date_joined=now,
+            batch_id=batch.pk,
+        )
+        for username in fresh
     )
-    return User.objects.filter(batch_id=batch.pk, username__in=usernames).count()
+    return len(fresh)

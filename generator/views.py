@@ -9,17 +9,18 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import InvalidPage, Page, Paginator
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import conf, queueing, selectors
+from . import conf, queueing, selectors, services
 from .forms import BatchForm
 from .models import Batch
 
-ADD_BATCH_PERMISSION = "generator.add_batch"
+ADD_BATCH_PERMISSION = selectors.ADD_BATCH_PERMISSION
 
 
 def paginate(request: HttpRequest, items: QuerySet[Any]) -> Page:
@@ -80,8 +81,41 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     return render(
         request,
         "generator/batch_detail.html",
-        {"batch": batch, "status": selectors.batch_status(batch)},
+        {
+            "batch": batch,
+            "status": selectors.batch_status(batch),
+            "can_manage": selectors.can_manage(request.user, batch),
+        },
     )
+
+
+def managed_batch(request: HttpRequest, batch_id: int) -> Batch:
+    batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
+    if not selectors.can_manage(request.user, batch):
+        raise PermissionDenied
+    return batch
+
+
+@login_required
+@require_POST
+def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = services.batch_cancel(batch_id=managed_batch(request, batch_id).pk)
+    if batch.status == Batch.Status.CANCELLED:
+        messages.success(request, f"Batch #{batch.pk} cancelled; users already made are kept.")
+    else:
+        messages.info(request, f"Batch #{batch.pk} had already ended.")
+    return redirect(batch)
+
+
+@login_required
+@require_POST
+def batch_resume(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = queueing.batch_resume(batch_id=managed_batch(request, batch_id).pk)
+    if batch.status == Batch.Status.PENDING:
+        messages.success(request, f"Batch #{batch.pk} resumed: the missing users are on the way.")
+    else:
+        messages.info(request, f"Batch #{batch.pk} cannot be resumed.")
+    return redirect(batch)
 
 
 @login_required

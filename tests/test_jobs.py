@@ -102,7 +102,7 @@ def test_a_job_timeout_fails_the_batch_with_a_reason_and_keeps_its_chunks(
     assert 0 < batch.created_count < batch.total
     # Chunks commit their users and the count together: the two never disagree.
     assert User.objects.filter(batch=batch).count() == batch.created_count
-    assert queue.fetch_job(batch.job_id).get_status() == "failed"
+    assert queue.fetch_job(batch.job_id_for(1)).get_status() == "failed"
 
 
 def test_a_batch_submitted_while_redis_is_down_is_kept_pending(settings, redis_connection):

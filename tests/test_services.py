@@ -5,15 +5,18 @@ import threading
 import pytest
 from django.contrib.auth.hashers import check_password
 from django.db import connection
+from django.utils import timezone
 
 from generator import services
-from generator.models import Batch, User
+from generator.models import Batch, BatchChunk, User
 
 USERNAME = re.compile(r"user_[A-Za-z]{10}")
 
 
-def make_batch(total: int, password: str = "") -> Batch:
-    return services.batch_create(requested_by=None, total=total, password=password)
+def make_batch(total: int, password: str = "", chunk_size: int | None = None) -> Batch:
+    return services.batch_create(
+        requested_by=None, total=total, password=password, chunk_size=chunk_size
+    )
 
 
 @pytest.mark.django_db
@@ -33,8 +36,9 @@ def test_batch_create_hashes_the_shared_password_once():
 
 @pytest.mark.django_db
 def test_generate_creates_exactly_total_users_shaped_like_the_tutorial():
-    batch = make_batch(275)
-    services.batch_generate_users(batch_id=batch.pk, chunk_size=100)
+    batch = make_batch(275, chunk_size=100)
+    assert list(batch.chunks.values_list("size", flat=True)) == [100, 100, 75]
+    services.batch_generate_users(batch_id=batch.pk)
     batch.refresh_from_db()
     users = list(User.objects.filter(batch=batch))
     assert batch.status == Batch.Status.FINISHED
@@ -64,9 +68,9 @@ def test_username_collisions_are_skipped_and_the_batch_still_ends_with_total():
     rng = random.Random(7)
     taken = [services.random_username(rng) for _ in range(40)]
     User.objects.bulk_create([User(username=name) for name in taken])
-    batch = make_batch(100)
+    batch = make_batch(100, chunk_size=50)
 
-    services.batch_generate_users(batch_id=batch.pk, chunk_size=50, rng=random.Random(7))
+    services.batch_generate_users(batch_id=batch.pk, rng=random.Random(7))
 
     batch.refresh_from_db()
     assert batch.created_count == 100
@@ -77,10 +81,10 @@ def test_username_collisions_are_skipped_and_the_batch_still_ends_with_total():
 
 @pytest.mark.django_db
 def test_progress_is_reported_after_every_committed_chunk():
-    batch = make_batch(250)
+    batch = make_batch(250, chunk_size=100)
     seen: list[int] = []
     services.batch_generate_users(
-        batch_id=batch.pk, chunk_size=100, on_progress=lambda b: seen.append(b.created_count)
+        batch_id=batch.pk, on_progress=lambda b: seen.append(b.created_count)
     )
     assert seen == [100, 200, 250]
 
@@ -91,20 +95,18 @@ class Crash(Exception):
 
 @pytest.mark.django_db
 def test_a_rerun_after_a_crash_fills_only_what_is_missing():
-    batch = make_batch(250)
+    batch = make_batch(250, chunk_size=100)
 
     def crash_after_first_chunk(progress: Batch) -> None:
         raise Crash
 
     with pytest.raises(Crash):
-        services.batch_generate_users(
-            batch_id=batch.pk, chunk_size=100, on_progress=crash_after_first_chunk
-        )
+        services.batch_generate_users(batch_id=batch.pk, on_progress=crash_after_first_chunk)
     batch.refresh_from_db()
     assert batch.created_count == 100
     assert batch.status == Batch.Status.RUNNING
 
-    services.batch_generate_users(batch_id=batch.pk, chunk_size=100)
+    services.batch_generate_users(batch_id=batch.pk)
 
     batch.refresh_from_db()
     assert batch.status == Batch.Status.FINISHED
@@ -135,12 +137,12 @@ def test_batch_fail_records_the_reason_but_never_unfinishes_a_batch():
 
 @pytest.mark.django_db(transaction=True)
 def test_two_runs_of_one_batch_at_once_make_exactly_total_users():
-    batch = make_batch(3_000)
+    batch = make_batch(3_000, chunk_size=200)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            services.batch_generate_users(batch_id=batch.pk, chunk_size=200)
+            services.batch_generate_users(batch_id=batch.pk)
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
         finally:
@@ -157,3 +159,59 @@ def test_two_runs_of_one_batch_at_once_make_exactly_total_users():
     assert batch.status == Batch.Status.FINISHED
     assert batch.created_count == 3_000
     assert User.objects.filter(batch=batch).count() == 3_000
+
+
+@pytest.mark.django_db
+def test_a_chunk_held_by_a_dead_run_is_taken_over_when_its_lease_runs_out(settings):
+    batch = make_batch(300, chunk_size=100)
+    claimed = services._chunk_claim(batch_id=batch.pk, run_id="dead-run")
+    assert claimed.index == 0
+
+    services.batch_generate_users(batch_id=batch.pk, run_id="live-run")
+    batch.refresh_from_db()
+    assert batch.created_count == 200  # the dead run's chunk is still leased
+    assert batch.status == Batch.Status.RUNNING
+
+    BatchChunk.objects.filter(pk=claimed.pk).update(lease_expires_at=timezone.now())
+    services.batch_generate_users(batch_id=batch.pk, run_id="live-run")
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    assert User.objects.filter(batch=batch).count() == 300
+    # The dead run, were it to wake up, finds its chunk taken and writes nothing.
+    services._chunk_fill(chunk_id=claimed.pk, run_id="dead-run", rng=random.Random())
+    assert User.objects.filter(batch=batch).count() == 300
+
+
+@pytest.mark.django_db
+def test_cancel_stops_between_chunks_and_keeps_what_was_made():
+    batch = make_batch(500, chunk_size=100)
+
+    def cancel_after_second_chunk(progress: Batch) -> None:
+        if progress.created_count == 200:
+            services.batch_cancel(batch_id=batch.pk)
+
+    services.batch_generate_users(batch_id=batch.pk, on_progress=cancel_after_second_chunk)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED
+    assert batch.created_count == 200
+    assert User.objects.filter(batch=batch).count() == 200
+
+
+@pytest.mark.django_db
+def test_a_reopened_batch_finishes_exactly_what_is_missing():
+    batch = make_batch(300, chunk_size=100)
+    services.batch_generate_users(
+        batch_id=batch.pk,
+        on_progress=lambda progress: services.batch_fail(batch_id=batch.pk, reason="boom"),
+    )
+    batch.refresh_from_db()
+    assert (batch.status, batch.created_count) == (Batch.Status.FAILED, 100)
+
+    assert services.batch_reopen(batch_id=batch.pk).status == Batch.Status.PENDING
+    services.batch_generate_users(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    assert User.objects.filter(batch=batch).count() == 300
+    assert services.batch_reopen(batch_id=batch.pk).status == Batch.Status.FINISHED

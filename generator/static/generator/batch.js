@@ -32,8 +32,16 @@
         `This batch failed: ${batch.failure_reason || "an unexpected error stopped it."} ` +
           `${batch.created} of ${batch.total} users were created.`,
       );
+    } else if (batch.status === "cancelled") {
+      outcome.append(`Cancelled: ${batch.created} of ${batch.total} users were kept.`);
     } else if (batch.status === "pending") {
       outcome.append("Queued: it will start as soon as a worker is free.");
+    }
+  }
+
+  function showActions(batch) {
+    for (const form of section.querySelectorAll("[data-show-when]")) {
+      form.hidden = !batch[form.dataset.showWhen];
     }
   }
 
@@ -46,6 +54,7 @@
       if (response.ok) {
         const batch = await response.json();
         render(batch);
+        showActions(batch);
         if (batch.done) return;
       }
     } catch (error) {
