@@ -49,3 +49,12 @@ def reconcile_grace_seconds() -> int:
 
 def reconcile_interval_seconds() -> int:
     return getattr(settings, "GENERATOR_RECONCILE_INTERVAL_SECONDS", 30)
+
+
+def max_active_batches_per_user() -> int:
+    return getattr(settings, "GENERATOR_MAX_ACTIVE_BATCHES_PER_USER", 5)
+
+
+def max_users_per_day() -> int:
+    """Users one person may ask for in 24 hours through the form and the API."""
+    return getattr(settings, "GENERATOR_MAX_USERS_PER_DAY", 100_000)

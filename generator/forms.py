@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from django import forms
@@ -46,6 +47,9 @@ class BatchForm(forms.Form):
         help_text="Leave empty for accounts nobody can log in to.",
     )
 
+    # A fresh key in every form shown: submitting the same form twice makes one batch.
+    idempotency_key = forms.UUIDField(required=False, widget=forms.HiddenInput, initial=uuid.uuid4)
+
     def __init__(
         self, *args: Any, min_total: int | None = None, max_total: int | None = None, **kwargs: Any
     ) -> None:
@@ -60,7 +64,7 @@ class BatchForm(forms.Form):
             help_text=f"From {min_total} to {max_total}.",
             error_messages={"required": "Say how many users to create."},
         )
-        self.order_fields(["total", "password"])
+        self.order_fields(["total", "password", "idempotency_key"])
 
     def clean_password(self) -> str:
         password = self.cleaned_data["password"]

@@ -33,6 +33,8 @@ class Batch(models.Model):
     # passwords. Kept here, never in the job, so no password reaches Redis.
     password_hash = models.CharField(max_length=256, blank=True, editable=False)
     failure_reason = models.TextField(blank=True)
+    # Sent with the form, so a double submit finds the batch it already made.
+    idempotency_key = models.UUIDField(null=True, blank=True, editable=False)
     # Every run of the batch is an RQ job; runs may overlap, so the reconciler only needs
     # to know the latest one to tell whether the batch is still waiting in the queue.
     jobs_enqueued = models.PositiveIntegerField(default=0)
@@ -46,6 +48,11 @@ class Batch(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "batches"
         indexes = [models.Index(fields=["status"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["requested_by", "idempotency_key"], name="unique_batch_per_request"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Batch #{self.pk}: {self.total} users ({self.get_status_display().lower()})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 from functools import partial
 
@@ -58,12 +59,33 @@ def batch_enqueue(batch_id: int, *, runs: int = 1) -> bool:
     return True
 
 
-def batch_submit(*, requested_by: User | None, total: int, password: str = "") -> Batch:
-    """Record a batch, then enqueue its runs once the row is committed."""
+def batch_submit(
+    *,
+    requested_by: User | None,
+    total: int,
+    password: str = "",
+    idempotency_key: uuid.UUID | None = None,
+    enforce_limits: bool = True,
+) -> Batch:
+    """Record a batch, then enqueue its runs once the row is committed.
+
+    A person's request goes through their limits and idempotency key (ValidationError when
+    refused); the operator's command line passes enforce_limits=False.
+    """
     with transaction.atomic():
-        batch = services.batch_create(requested_by=requested_by, total=total, password=password)
-        # After commit: a worker must never pick up a batch it cannot read yet.
-        transaction.on_commit(partial(batch_enqueue, batch.pk, runs=runs_for(batch)))
+        if requested_by is None or not enforce_limits:
+            batch = services.batch_create(requested_by=requested_by, total=total, password=password)
+            created = True
+        else:
+            batch, created = services.batch_request(
+                requested_by=requested_by,
+                total=total,
+                password=password,
+                idempotency_key=idempotency_key,
+            )
+        if created:
+            # After commit: a worker must never pick up a batch it cannot read yet.
+            transaction.on_commit(partial(batch_enqueue, batch.pk, runs=runs_for(batch)))
     return batch
 
 

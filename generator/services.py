@@ -20,8 +20,9 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX, make_password
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from . import conf
@@ -41,7 +42,12 @@ ProgressCallback = Callable[[Batch], None]
 
 
 def batch_create(
-    *, requested_by: User | None, total: int, password: str = "", chunk_size: int | None = None
+    *,
+    requested_by: User | None,
+    total: int,
+    password: str = "",
+    chunk_size: int | None = None,
+    idempotency_key: uuid.UUID | None = None,
 ) -> Batch:
     """Record a pending batch and its chunks; a shared password is hashed here, once."""
     chunk_size = chunk_size or conf.chunk_size()
@@ -50,12 +56,62 @@ def batch_create(
             requested_by=requested_by,
             total=total,
             password_hash=make_password(password) if password else "",
+            idempotency_key=idempotency_key,
         )
         BatchChunk.objects.bulk_create(
             BatchChunk(batch=batch, index=index, size=min(chunk_size, total - index * chunk_size))
             for index in range(math.ceil(total / chunk_size))
         )
     return batch
+
+
+def batch_request(
+    *,
+    requested_by: User,
+    total: int,
+    password: str = "",
+    idempotency_key: uuid.UUID | None = None,
+) -> tuple[Batch, bool]:
+    """A person's request: at most one batch per idempotency key, within their limits.
+
+    Returns the batch and whether it is new. Raises ValidationError when a limit is reached.
+    """
+    with transaction.atomic():
+        # Lock the person's row so their concurrent requests are checked one at a time.
+        User.objects.select_for_update().filter(pk=requested_by.pk).exists()
+        if idempotency_key is not None:
+            existing = Batch.objects.filter(
+                requested_by=requested_by, idempotency_key=idempotency_key
+            ).first()
+            if existing is not None:
+                return existing, False
+        _limits_check(requested_by=requested_by, total=total)
+        batch = batch_create(
+            requested_by=requested_by,
+            total=total,
+            password=password,
+            idempotency_key=idempotency_key,
+        )
+    return batch, True
+
+
+def _limits_check(*, requested_by: User, total: int) -> None:
+    mine = Batch.objects.filter(requested_by=requested_by)
+    active = mine.filter(status__in=_ACTIVE).count()
+    if active >= conf.max_active_batches_per_user():
+        raise ValidationError(
+            f"You already have {active} batches waiting or running: "
+            "ask again when one of them has finished.",
+            code="too_many_active_batches",
+        )
+    since = timezone.now() - timedelta(days=1)
+    asked_today = mine.filter(created_at__gte=since).aggregate(asked=Sum("total"))["asked"] or 0
+    left = max(conf.max_users_per_day() - asked_today, 0)
+    if total > left:
+        raise ValidationError(
+            f"You may ask for {conf.max_users_per_day()} users a day; {left} are left today.",
+            code="daily_user_limit",
+        )
 
 
 def batch_generate_users(

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import InvalidPage, Page, Paginator
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -57,13 +57,21 @@ def home(request: HttpRequest) -> HttpResponse:
 def generate(request: HttpRequest) -> HttpResponse:
     form = BatchForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        batch = queueing.batch_submit(
-            requested_by=request.user,
-            total=form.cleaned_data["total"],
-            password=form.cleaned_data["password"],
-        )
-        messages.success(request, f"Batch #{batch.pk} accepted: {batch.total} users on the way.")
-        return redirect(batch)
+        try:
+            batch = queueing.batch_submit(
+                requested_by=request.user,
+                total=form.cleaned_data["total"],
+                password=form.cleaned_data["password"],
+                idempotency_key=form.cleaned_data["idempotency_key"],
+            )
+        except ValidationError as refusal:
+            form.add_error(None, refusal)
+        else:
+            # The same words whether Redis took the job now or the reconciler will later.
+            messages.success(
+                request, f"Batch #{batch.pk} queued: {batch.total} users, starting shortly."
+            )
+            return redirect(batch)
     return render(request, "generator/generate.html", {"form": form})
 
 
@@ -156,14 +164,18 @@ def api_batch_create(request: HttpRequest) -> HttpResponse:
         return json_error(400, 'The body must be a JSON object, like {"total": 100}.')
     if not isinstance(payload, dict):
         return json_error(400, 'The body must be a JSON object, like {"total": 100}.')
-    form = BatchForm(data=payload)
+    form = BatchForm(data={**payload, "idempotency_key": request.headers.get("Idempotency-Key")})
     if not form.is_valid():
         return json_error(400, "Invalid batch.", form.errors.get_json_data())
-    batch = queueing.batch_submit(
-        requested_by=request.user,
-        total=form.cleaned_data["total"],
-        password=form.cleaned_data["password"],
-    )
+    try:
+        batch = queueing.batch_submit(
+            requested_by=request.user,
+            total=form.cleaned_data["total"],
+            password=form.cleaned_data["password"],
+            idempotency_key=form.cleaned_data["idempotency_key"],
+        )
+    except ValidationError as refusal:
+        return json_error(429, " ".join(refusal.messages))
     response = JsonResponse(selectors.batch_status(batch), status=202)
     response["Location"] = batch.get_absolute_url()
     return response

@@ -183,6 +183,9 @@ GENERATOR_RECONCILE_GRACE_SECONDS = env_int("GENERATOR_RECONCILE_GRACE_SECONDS",
 # Above this many users, a batch on PostgreSQL is worked on by several jobs at once.
 GENERATOR_FANOUT_THRESHOLD = env_int("GENERATOR_FANOUT_THRESHOLD", 100_000)
 GENERATOR_FANOUT_JOBS = env_int("GENERATOR_FANOUT_JOBS", 4)
+# Limits on what one person may ask for through the form and the API (not the CLI).
+GENERATOR_MAX_ACTIVE_BATCHES_PER_USER = env_int("GENERATOR_MAX_ACTIVE_BATCHES_PER_USER", 5)
+GENERATOR_MAX_USERS_PER_DAY = env_int("GENERATOR_MAX_USERS_PER_DAY", 100_000)
 
 LOGGING = {
     "version": 1,

@@ -125,7 +125,7 @@ def test_valid_generate_post_redirects_to_the_new_batch_page(
     assert batch.requested_by == generator_user
     assert batch.total == 60
     page = generator_client.get(response["Location"])
-    assert f"Batch #{batch.pk} accepted: 60 users on the way." in page.content.decode()
+    assert f"Batch #{batch.pk} queued: 60 users, starting shortly." in page.content.decode()
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ class Command(BaseCommand):
             requested_by=requested_by,
             total=form.cleaned_data["total"],
             password=form.cleaned_data["password"],
+            enforce_limits=False,
         )
         self.stdout.write(str(batch.pk))
         if options["wait"]:
