@@ -368,3 +368,100 @@ def test_queue_dashboard_sends_non_staff_to_the_admin_login(generator_client: Cl
 
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("admin:login"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_double_submitted_form_makes_one_batch(generator_client, queue):
+    form_page = generator_client.get(reverse("generator:generate"))
+    key = form_page.context["form"]["idempotency_key"].value()
+    first = generator_client.post(
+        reverse("generator:generate"), {"total": "70", "idempotency_key": key}
+    )
+    second = generator_client.post(
+        reverse("generator:generate"), {"total": "70", "idempotency_key": key}
+    )
+    assert first["Location"] == second["Location"]
+    assert Batch.objects.count() == 1
+    assert queue.count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_limit_reached_is_a_form_error_not_a_batch(settings, generator_client, queue):
+    settings.GENERATOR_MAX_ACTIVE_BATCHES_PER_USER = 1
+    generator_client.post(reverse("generator:generate"), {"total": "50"})
+    response = generator_client.post(reverse("generator:generate"), {"total": "50"})
+    assert response.status_code == 200
+    assert "already have 1 batches waiting or running" in response.content.decode()
+    assert Batch.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_posting_while_redis_is_down_queues_the_batch_for_later(settings, generator_client):
+    settings.RQ_QUEUES = {
+        "default": {**settings.RQ_QUEUES["default"], "URL": "redis://127.0.0.1:1/0"}
+    }
+    response = generator_client.post(reverse("generator:generate"), {"total": "50"}, follow=True)
+    batch = Batch.objects.get()
+    assert response.status_code == 200
+    assert response.redirect_chain == [(batch.get_absolute_url(), 302)]
+    page = response.content.decode()
+    assert f"Batch #{batch.pk} queued: 50 users, starting shortly." in page
+    assert "Queued: it will start as soon as a worker is free." in page
+    assert batch.status == Batch.Status.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_requester_cancels_and_resumes_a_batch_from_its_page(
+    generator_client, generator_user, queue, run_worker
+):
+    batch = services.batch_create(requested_by=generator_user, total=300, chunk_size=100)
+    services.batch_generate_users(
+        batch_id=batch.pk,
+        on_progress=lambda progress: services.batch_cancel(batch_id=batch.pk),
+    )
+    page = generator_client.get(batch.get_absolute_url()).content.decode()
+    assert "Cancelled: 100 of 300 users were kept." in page
+    assert "Resume batch" in page
+
+    response = generator_client.post(reverse("generator:batch_resume", args=[batch.pk]))
+    assert response.status_code == 302
+    run_worker()
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    assert User.objects.filter(batch=batch).count() == 300
+
+
+@pytest.mark.django_db
+def test_cancel_from_the_page_keeps_what_was_made(generator_client, generator_user):
+    batch = services.batch_create(requested_by=generator_user, total=300)
+    response = generator_client.post(
+        reverse("generator:batch_cancel", args=[batch.pk]), follow=True
+    )
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED
+    assert "Cancelled: 0 of 300 users were kept." in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_only_the_requester_or_staff_may_cancel(reader_client, generator_user, admin_client):
+    batch = services.batch_create(requested_by=generator_user, total=300)
+    assert reader_client.post(reverse("generator:batch_cancel", args=[batch.pk])).status_code == 404
+    assert reader_client.get(reverse("generator:batch_cancel", args=[batch.pk])).status_code == 405
+    assert admin_client.post(reverse("generator:batch_cancel", args=[batch.pk])).status_code == 302
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_staff_cancel_and_resume_from_the_admin(admin_client, queue, run_worker):
+    batch = services.batch_create(requested_by=None, total=120)
+    changelist = reverse("admin:generator_batch_changelist")
+    admin_client.post(changelist, {"action": "cancel_batches", "_selected_action": [batch.pk]})
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED
+
+    admin_client.post(changelist, {"action": "resume_batches", "_selected_action": [batch.pk]})
+    run_worker()
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    assert User.objects.filter(batch=batch).count() == 120
