@@ -11,15 +11,19 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission
+from django.test import Client
 
+from generator import services
 from generator.models import Batch, User
 
 from .conftest import subprocess_env
@@ -84,7 +88,9 @@ def platform(queue, tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen
     port = free_port()
     env = subprocess_env(
         PORT=str(port),
-        WEB_CONCURRENCY="1",
+        WEB_CONCURRENCY="2",
+        GENERATOR_RECONCILE_INTERVAL_SECONDS="1",
+        GENERATOR_RECONCILE_GRACE_SECONDS="1",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
     processes = procfile()
@@ -93,7 +99,8 @@ def platform(queue, tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], check=True, **run
     )
     subprocess.run(["bash", "-c", processes["release"]], check=True, capture_output=True, **run)
-    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("web", "worker")}
+    names = ("web", "worker", "cron")
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in names}
     started = [
         subprocess.Popen(
             ["bash", "-c", f"exec {processes[name]}"],
@@ -102,7 +109,7 @@ def platform(queue, tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen
             start_new_session=True,
             **run,
         )
-        for name in ("web", "worker")
+        for name in names
     ]
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -149,3 +156,95 @@ def test_procfile_web_and_worker_run_a_batch_over_http(platform, django_user_mod
         process.send_signal(signal.SIGTERM)
     for process in processes:
         assert process.wait(timeout=30) is not None
+
+
+def session_browser(base_url: str, user: User) -> Browser:
+    """A browser already logged in as `user` (a session made directly, no password hashing)."""
+    client = Client()
+    client.force_login(user)
+    browser = Browser(base_url)
+    host = urllib.parse.urlsplit(base_url).hostname
+    browser.cookies.set_cookie(
+        http.cookiejar.Cookie(
+            0,
+            settings.SESSION_COOKIE_NAME,
+            client.cookies[settings.SESSION_COOKIE_NAME].value,
+            None,
+            False,
+            host,
+            False,
+            False,
+            "/",
+            True,
+            False,
+            None,
+            False,
+            None,
+            None,
+            {},
+        )
+    )
+    # The CSRF cookie comes with the first page, as in a browser that has shown the app before.
+    browser.get("/generate/")
+    return browser
+
+
+def people(django_user_model: type[User], count: int) -> list[User]:
+    permission = Permission.objects.get(codename="add_batch")
+    made = []
+    for number in range(count):
+        person = django_user_model.objects.create_user(f"person{number}")
+        person.user_permissions.add(permission)
+        made.append(person)
+    return made
+
+
+def submit(browser: Browser, total: str) -> tuple[str, str]:
+    """POST the form: ("accepted", batch URL), ("refused", page) or (HTTP status, body)."""
+    try:
+        url, page = browser.post_form("/generate/", {"total": total})
+    except urllib.error.HTTPError as error:
+        return str(error.code), error.read().decode(errors="replace")
+    if re.search(r"/batches/\d+/$", url):
+        return "accepted", url
+    return "refused", page
+
+
+@pytest.mark.parametrize("person_count", [1, 10])
+def test_fifty_concurrent_posts_are_all_answered_and_every_batch_completes(
+    platform, django_user_model, person_count
+):
+    base_url, _ = platform
+    browsers = [
+        session_browser(base_url, person) for person in people(django_user_model, person_count)
+    ]
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(lambda n: submit(browsers[n % person_count], "50"), range(50)))
+
+    outcomes = [outcome for outcome, _ in answers]
+    assert set(outcomes) <= {"accepted", "refused"}, [a for a in answers if a[0][0].isdigit()][:1]
+    refused = [page for outcome, page in answers if outcome == "refused"]
+    assert all("batches waiting or running" in page for page in refused)
+    accepted = {url for outcome, url in answers if outcome == "accepted"}
+    assert len(accepted) == outcomes.count("accepted") == Batch.objects.count() > 0
+    if person_count == 10:
+        assert len(accepted) >= 10
+
+    deadline = time.monotonic() + 60
+    while Batch.objects.exclude(status=Batch.Status.FINISHED).exists():
+        assert time.monotonic() < deadline, list(Batch.objects.values("id", "status"))
+        time.sleep(0.2)
+    for batch in Batch.objects.all():
+        assert User.objects.filter(batch=batch).count() == batch.total == 50
+
+
+def test_the_cron_process_enqueues_a_batch_whose_job_was_lost(platform):
+    # Recorded but never enqueued, as when Redis lost its job: only the reconciler can save it.
+    batch = services.batch_create(requested_by=None, total=400)
+    deadline = time.monotonic() + 30
+    while not Batch.objects.filter(pk=batch.pk, status=Batch.Status.FINISHED).exists():
+        assert time.monotonic() < deadline, "the cron reconciler never enqueued the batch"
+        time.sleep(0.2)
+    batch.refresh_from_db()
+    assert batch.jobs_enqueued >= 1
+    assert User.objects.filter(batch=batch).count() == 400
