@@ -81,6 +81,7 @@ TARGET_MEMORY_MB = 200.0
 # "Flat in N": the biggest batch may cost at most this much more memory than the smallest.
 TARGET_MEMORY_GROWTH = 1.25
 TARGET_P99_MS = 50.0
+TARGET_FANOUT_SPEEDUP = 1.3
 
 Log = Callable[[str], None]
 
@@ -98,6 +99,7 @@ class Sizes:
     floor_users: int
     memory_sizes: tuple[int, ...]
     posts: int
+    fanout_users: int
     post_users: int = 50
 
 
@@ -107,10 +109,16 @@ FULL_SIZES = Sizes(
     floor_users=200_000,
     memory_sizes=(100_000, 1_000_000),
     posts=200,
+    fanout_users=1_000_000,
 )
 # Same code paths, sizes small enough for the test suite; the targets mean nothing at this size.
 QUICK_SIZES = Sizes(
-    tutorial_sample=1, app_users=50, floor_users=2_000, memory_sizes=(2_000, 4_000), posts=10
+    tutorial_sample=1,
+    app_users=50,
+    floor_users=2_000,
+    memory_sizes=(2_000, 4_000),
+    posts=10,
+    fanout_users=4_000,
 )
 
 
@@ -430,13 +438,17 @@ class Bench:
         latency = self.enqueue_latency()
         floor = self.floor_vs_app()
         memory = self.worker_memory()
-        return [first, floor, memory, latency]
+        measurements = [first, floor, memory, latency]
+        # SQLite has one writer: a batch there is one job, and more workers cannot help.
+        if connection.vendor == "postgresql":
+            measurements.append(self.fanout_scaling())
+        return measurements
 
     # 1. The tutorial's loop against the app, form POST to finished batch.
     def tutorial_vs_app(self) -> Measurement:
         """The tutorial's create_user loop (sampled, scaled) against a POST to a finished batch."""
         sample, users = self.sizes.tutorial_sample, self.sizes.app_users
-        self.log(f"1/4 Tutorial loop: {sample} create_user call(s) with the default hasher")
+        self.log(f"1/5 Tutorial loop: {sample} create_user call(s) with the default hasher")
         started = time.perf_counter()
         for _ in range(sample):
             username = "user_" + get_random_string(10, string.ascii_letters)
@@ -446,7 +458,7 @@ class Bench:
         per_user = (time.perf_counter() - started) / sample
         tutorial_seconds = per_user * users
 
-        self.log(f"1/4 App: form POST of {users} users to an idle worker")
+        self.log(f"1/5 App: form POST of {users} users to an idle worker")
         self.redis.reset()
         worker = self.start_worker(burst=False, name="1-idle-worker")
         self.wait_for_idle_worker(worker)
@@ -501,10 +513,10 @@ class Bench:
     def floor_vs_app(self) -> Measurement:
         """A raw executemany of N user rows against the CLI and a burst worker doing N users."""
         users = self.sizes.floor_users
-        self.log(f"2/4 Insert floor: executemany of {users:,} rows into {FLOOR_TABLE}")
+        self.log(f"2/5 Insert floor: executemany of {users:,} rows into {FLOOR_TABLE}")
         floor_seconds = self.insert_floor(users)
         floor_rate = users / floor_seconds
-        self.log(f"2/4 App: generate_users {users:,}, then a burst worker")
+        self.log(f"2/5 App: generate_users {users:,}, then a burst worker")
         app = self.cli_batch(users, name="2-floor-app")
         ratio = app.rate / floor_rate
         return Measurement(
@@ -596,7 +608,7 @@ class Bench:
         """Peak RSS of a burst worker and its work horse, at each batch size."""
         runs = []
         for index, size in enumerate(self.sizes.memory_sizes):
-            self.log(f"3/4 Memory: generate_users {size:,}, then a burst worker")
+            self.log(f"3/5 Memory: generate_users {size:,}, then a burst worker")
             runs.append(self.cli_batch(size, name=f"3-memory-{index}-{size}"))
         peaks = [megabytes(run.peak_rss_kib) for run in runs]
         proc_peaks = [megabytes(run.proc_peak_kib) for run in runs]
@@ -625,11 +637,47 @@ class Bench:
             },
         )
 
+    # 5. A big batch on PostgreSQL, split into jobs that several workers share.
+    def fanout_scaling(self) -> Measurement:
+        """The same big batch with one burst worker, then with two at once."""
+        users = self.sizes.fanout_users
+        runs = {}
+        for workers in (1, 2):
+            self.log(f"5/5 Fan-out: generate_users {users:,}, {workers} burst worker(s)")
+            runs[workers] = self.cli_batch(
+                users,
+                name=f"5-fanout-{workers}",
+                workers=workers,
+                # Fanned out whatever the size (--quick), as a batch above the threshold is.
+                env={"GENERATOR_FANOUT_THRESHOLD": str(min(conf.fanout_threshold(), users - 1))},
+            )
+        speedup = runs[2].rate / runs[1].rate
+        return Measurement(
+            key="fanout_scaling",
+            title=f"{users:,} users: 1 worker vs 2 (PostgreSQL)",
+            summary=[
+                f"1 worker {runs[1].rate:,.0f} users/s ({runs[1].seconds:.2f} s)",
+                f"2 workers {runs[2].rate:,.0f} users/s ({runs[2].seconds:.2f} s)",
+                f"2 vs 1: {speedup:.2f}x on {os.cpu_count()} CPUs (database server included)",
+            ],
+            target=f"2 workers ≥ {TARGET_FANOUT_SPEEDUP}x",
+            met=speedup >= TARGET_FANOUT_SPEEDUP,
+            figures={
+                "users": users,
+                "jobs_per_batch": conf.fanout_jobs(),
+                "one_worker_seconds": runs[1].seconds,
+                "one_worker_users_per_second": runs[1].rate,
+                "two_workers_seconds": runs[2].seconds,
+                "two_workers_users_per_second": runs[2].rate,
+                "speedup": speedup,
+            },
+        )
+
     # 4. What a person waits for when they press the button.
     def enqueue_latency(self) -> Measurement:
         """Form POSTs with no worker running: the time to record and enqueue a batch."""
         posts, users = self.sizes.posts, self.sizes.post_users
-        self.log(f"4/4 Enqueue latency: {posts} form POSTs of {users} users, no worker")
+        self.log(f"4/5 Enqueue latency: {posts} form POSTs of {users} users, no worker")
         self.redis.reset()
         client = self.client()
         # One untimed request: the first one in a process pays for imports and URL resolving.
@@ -680,14 +728,23 @@ class Bench:
             self._client.force_login(user)
         return self._client
 
-    def cli_batch(self, total: int, *, name: str) -> CliRun:
-        """`generate_users N`, then a burst worker until the queue is empty; checks N were made."""
+    def cli_batch(
+        self, total: int, *, name: str, workers: int = 1, env: dict[str, str] | None = None
+    ) -> CliRun:
+        """`generate_users N`, then burst workers until the queue is empty; checks N were made.
+
+        The peak memory is the first worker's (with its work horses).
+        """
         self.redis.reset()
         started = time.perf_counter()
         command = subprocess.run(
             [sys.executable, "manage.py", "generate_users", str(total)],
             cwd=settings.BASE_DIR,
-            env={**self.env, "GENERATOR_CLI_MAX_TOTAL": str(max(total, conf.cli_max_total()))},
+            env={
+                **self.env,
+                "GENERATOR_CLI_MAX_TOTAL": str(max(total, conf.cli_max_total())),
+                **(env or {}),
+            },
             capture_output=True,
             timeout=120,
             check=False,
@@ -696,16 +753,24 @@ class Bench:
         if command.returncode != 0 or not command.stdout.strip().isdigit():
             raise BenchmarkError(f"generate_users failed: {command.stderr.decode()[-2000:]}")
         batch_id = int(command.stdout)
-        worker = self.start_worker(burst=True, name=f"{name}-worker")
+        started_workers = [
+            self.start_worker(burst=True, name=f"{name}-worker-{number}")
+            for number in range(1, workers + 1)
+        ]
+        worker = started_workers[0]
         sampler = PeakSampler(worker.pid)
         sampler.start()
         try:
-            returncode, peak_rss_kib = self.wait_with_rusage(worker, timeout=120 + total / 1000)
+            exits = [
+                self.wait_with_rusage(each, timeout=120 + total / 1000) for each in started_workers
+            ]
         finally:
             sampler.stop()
         wall_seconds = time.perf_counter() - started
-        if returncode != 0:
-            raise BenchmarkError(f"The burst worker exited with {returncode}: {self.tail(worker)}")
+        for each, (returncode, _) in zip(started_workers, exits, strict=True):
+            if returncode != 0:
+                raise BenchmarkError(f"A burst worker exited with {returncode}: {self.tail(each)}")
+        peak_rss_kib = exits[0][1]
         batch = Batch.objects.get(pk=batch_id)
         if batch.status != Batch.Status.FINISHED or batch.started_at is None:
             raise BenchmarkError(f"Batch {batch_id} is {batch.status}: {self.tail(worker)}")

@@ -50,6 +50,7 @@ class Command(BaseCommand):
         parser.add_argument("--floor-users", type=positive_int, metavar="N")
         parser.add_argument("--memory-sizes", type=sizes_list, metavar="N,N")
         parser.add_argument("--posts", type=positive_int, metavar="N")
+        parser.add_argument("--fanout-users", type=positive_int, metavar="N")
         parser.add_argument(
             "--redis-db",
             type=int,
@@ -67,6 +68,7 @@ class Command(BaseCommand):
             floor_users=options["floor_users"] or base.floor_users,
             memory_sizes=options["memory_sizes"] or base.memory_sizes,
             posts=options["posts"] or base.posts,
+            fanout_users=options["fanout_users"] or base.fanout_users,
         )
         json_path = options["json"] or (
             Path(settings.BASE_DIR) / "bench-results" / f"benchmark-{connection.vendor}.json"
