@@ -1,5 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import ValidationError
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from django_rq.settings import get_queues_map
@@ -15,13 +16,14 @@ class BatchAdmin(admin.ModelAdmin):
         "status",
         "total",
         "created_count",
+        "deleted_count",
         "requested_by",
         "created_at",
         "started_at",
         "finished_at",
         "duration",
     ]
-    list_filter = ["status", "created_at"]
+    list_filter = ["status", "realistic_names", "created_at"]
     search_fields = ["id", "requested_by__username"]
     list_select_related = ["requested_by"]
     date_hierarchy = "created_at"
@@ -30,6 +32,10 @@ class BatchAdmin(admin.ModelAdmin):
         "total",
         "created_count",
         "status",
+        "realistic_names",
+        "seed",
+        "deleted_count",
+        "deleted_at",
         "failure_reason",
         "created_at",
         "started_at",
@@ -40,7 +46,7 @@ class BatchAdmin(admin.ModelAdmin):
         "users_link",
     ]
     exclude = ["password_hash"]
-    actions = ["cancel_batches", "resume_batches"]
+    actions = ["cancel_batches", "resume_batches", "delete_batch_users"]
 
     @admin.action(description="Cancel the selected batches (users made so far are kept)")
     def cancel_batches(self, request, queryset) -> None:
@@ -59,6 +65,29 @@ class BatchAdmin(admin.ModelAdmin):
             if queueing.batch_resume(batch_id=batch.pk).status == Batch.Status.PENDING
         ]
         self.message_user(request, f"Resumed {len(resumed)} batch(es).")
+
+    @admin.action(
+        description="Delete the users of the selected batches (in the background)",
+        permissions=["change"],
+    )
+    def delete_batch_users(self, request, queryset) -> None:
+        queued, refused = [], []
+        for batch in queryset:
+            try:
+                batch = queueing.batch_users_delete_submit(batch_id=batch.pk)
+            except ValidationError:
+                refused.append(batch.pk)
+            else:
+                if batch.status == Batch.Status.DELETING:
+                    queued.append(batch.pk)
+        self.message_user(request, f"Deleting the users of {len(queued)} batch(es).")
+        if refused:
+            listed = ", ".join(f"#{pk}" for pk in refused)
+            self.message_user(
+                request,
+                f"Still creating users, cancel them first: {listed}.",
+                level=messages.WARNING,
+            )
 
     def has_add_permission(self, request, obj=None) -> bool:
         # Batches are made through the form, API or CLI, which also enqueue their job.

@@ -1,6 +1,10 @@
 """The one place the app reads its settings, lazily, so tests can override them."""
 
+from pathlib import Path
+
+from croniter import croniter
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 
 def min_total() -> int:
@@ -58,3 +62,24 @@ def max_active_batches_per_user() -> int:
 def max_users_per_day() -> int:
     """Users one person may ask for in 24 hours through the form and the API."""
     return getattr(settings, "GENERATOR_MAX_USERS_PER_DAY", 100_000)
+
+
+def backup_dir() -> Path:
+    return Path(getattr(settings, "GENERATOR_BACKUP_DIR", Path(settings.BASE_DIR) / "backups"))
+
+
+def backup_keep() -> int:
+    return getattr(settings, "GENERATOR_BACKUP_KEEP", 24)
+
+
+def backup_cron() -> str:
+    """When RQ's cron scheduler backs the database up: a cron expression, checked here.
+
+    RQ logs a bad expression and goes on without the job; a typo must not silently stop backups.
+    """
+    expression = getattr(settings, "GENERATOR_BACKUP_CRON", "0 * * * *")
+    if not croniter.is_valid(expression):
+        raise ImproperlyConfigured(
+            f"GENERATOR_BACKUP_CRON must be a cron expression, not {expression!r}."
+        )
+    return expression

@@ -10,3 +10,9 @@ cron.register(
     interval=conf.reconcile_interval_seconds(),
     name="batches_reconcile",
 )
+cron.register(
+    jobs.database_backup,
+    queue_name=conf.queue_name(),
+    cron=conf.backup_cron(),
+    name="database_backup",
+)

@@ -14,6 +14,9 @@ WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 # Past this many digits a number is out of any range we accept; checked before int() so a
 # 5000-digit string costs nothing.
 MAX_DIGITS = 18
+# A seed survives a round trip through JSON in a browser (JavaScript numbers are exact up to
+# here), and stays below the 18-digit clamp above so a huge one is refused, not clamped in.
+MAX_SEED = 2**53 - 1
 
 
 class WholeNumberField(forms.IntegerField):
@@ -36,6 +39,29 @@ class WholeNumberField(forms.IntegerField):
         return int(text)
 
 
+class StrictCheckboxInput(forms.CheckboxInput):
+    """A checkbox that hands its raw value to the field, which decides what is true."""
+
+    def value_from_datadict(self, data: Any, files: Any, name: str) -> Any:
+        return data.get(name)
+
+
+class StrictBooleanField(forms.BooleanField):
+    """A yes/no that refuses anything but a boolean or the words a checkbox or JSON sends."""
+
+    widget = StrictCheckboxInput
+    default_error_messages = {"invalid": "Enter true or false."}
+    TRUE = frozenset({"true", "on", "1"})
+    FALSE = frozenset({"false", "off", "0", ""})
+
+    def to_python(self, value: Any) -> bool:
+        if value is None or isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in self.TRUE | self.FALSE:
+            return value.strip().lower() in self.TRUE
+        raise ValidationError(self.error_messages["invalid"], code="invalid")
+
+
 class BatchForm(forms.Form):
     """How many users to create, and optionally one password for all of them."""
 
@@ -45,6 +71,18 @@ class BatchForm(forms.Form):
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text="Leave empty for accounts nobody can log in to.",
+    )
+    realistic_names = StrictBooleanField(
+        label="Realistic first and last names",
+        required=False,
+        help_text="Usernames and emails stay random; the names look like people's.",
+    )
+    seed = WholeNumberField(
+        label="Seed (optional)",
+        required=False,
+        min_value=0,
+        max_value=MAX_SEED,
+        help_text="The same request with the same seed on a fresh database makes the same users.",
     )
 
     # A fresh key in every form shown: submitting the same form twice makes one batch.
@@ -64,7 +102,7 @@ class BatchForm(forms.Form):
             help_text=f"From {min_total} to {max_total}.",
             error_messages={"required": "Say how many users to create."},
         )
-        self.order_fields(["total", "password", "idempotency_key"])
+        self.order_fields(["total", "password", "realistic_names", "seed", "idempotency_key"])
 
     def clean_password(self) -> str:
         password = self.cleaned_data["password"]

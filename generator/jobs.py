@@ -7,11 +7,12 @@ import uuid
 from typing import Any
 
 from django.db import DatabaseError
+from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import ShutDownImminentException
 from rq.timeouts import JobTimeoutException
 
-from . import queueing, services
+from . import backups, conf, queueing, services
 from .models import Batch
 
 logger = logging.getLogger(__name__)
@@ -24,9 +25,15 @@ def batch_run(batch_id: int) -> dict[str, Any]:
     run_id = f"{job.id if job else 'run'}:{uuid.uuid4().hex[:8]}"
 
     def report(batch: Batch) -> None:
-        if job is not None:
-            job.meta.update(created=batch.created_count, total=batch.total)
+        if job is None:
+            return
+        job.meta.update(created=batch.created_count, total=batch.total)
+        try:
             job.save_meta()
+        except RedisError:
+            # Only the dashboard's figure is lost: the progress itself is in the database,
+            # so a Redis restart must not stop the batch.
+            logger.warning("batch %s: progress not reported, Redis unreachable", batch.pk)
 
     try:
         batch = services.batch_generate_users(batch_id=batch_id, run_id=run_id, on_progress=report)
@@ -58,3 +65,30 @@ def batch_run(batch_id: int) -> dict[str, Any]:
 def batches_reconcile() -> dict[str, Any]:
     """Enqueue runs for batches nothing is working on (scheduled, and at worker start)."""
     return {"enqueued": queueing.batches_reconcile()}
+
+
+def database_backup() -> dict[str, Any]:
+    """Back the database up into the backup folder, keeping the newest few (RQ's cron runs it)."""
+    path = backups.backup_create(directory=conf.backup_dir(), keep=conf.backup_keep())
+    return {"path": str(path), "bytes": path.stat().st_size}
+
+
+def batch_users_delete(batch_id: int) -> dict[str, Any]:
+    """Delete the users of a batch marked for deletion, reporting progress through job.meta."""
+    job = get_current_job()
+
+    def report(batch: Batch) -> None:
+        if job is not None:
+            job.meta.update(deleted=batch.deleted_count, total=batch.created_count)
+            job.save_meta()
+
+    try:
+        batch = services.batch_users_delete(batch_id=batch_id, on_progress=report)
+    except ShutDownImminentException:
+        # Deleted chunks are committed: the next worker finishes what is left.
+        logger.warning(
+            "batch %s: worker shutting down, queueing the rest of the deletion", batch_id
+        )
+        queueing.batch_users_delete_enqueue(batch_id)
+        raise
+    return {"batch_id": batch.pk, "status": batch.status, "deleted": batch.deleted_count}

@@ -18,6 +18,9 @@ class Batch(models.Model):
         FINISHED = "finished", "Finished"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+        # Undo: the batch's users are being deleted, then are gone. The counts stay as history.
+        DELETING = "deleting", "Deleting users"
+        DELETED = "deleted", "Users deleted"
 
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -29,6 +32,11 @@ class Batch(models.Model):
     total = models.PositiveIntegerField()
     created_count = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status, default=Status.PENDING)
+    realistic_names = models.BooleanField(default=False)
+    # With a seed, the same request on a fresh database makes the same accounts.
+    seed = models.PositiveBigIntegerField(null=True, blank=True)
+    deleted_count = models.PositiveIntegerField(default=0)
+    deleted_at = models.DateTimeField(null=True, blank=True)
     # The hash of the one password shared by the batch's accounts, or "" for unusable
     # passwords. Kept here, never in the job, so no password reaches Redis.
     password_hash = models.CharField(max_length=256, blank=True, editable=False)
@@ -70,8 +78,23 @@ class Batch(models.Model):
         return f"batch-{self.pk}" if number == 1 else f"batch-{self.pk}-{number}"
 
     @property
+    def delete_job_id(self) -> str:
+        # One id for every request: a repeated request replaces a job that finished or died.
+        return f"batch-{self.pk}-delete"
+
+    @property
     def is_done(self) -> bool:
-        return self.status in {self.Status.FINISHED, self.Status.FAILED, self.Status.CANCELLED}
+        """Nothing is working on the batch any more: its page stops polling."""
+        return self.status in {
+            self.Status.FINISHED,
+            self.Status.FAILED,
+            self.Status.CANCELLED,
+            self.Status.DELETED,
+        }
+
+    @property
+    def is_generating(self) -> bool:
+        return self.status in {self.Status.PENDING, self.Status.RUNNING}
 
     @property
     def can_resume(self) -> bool:
@@ -81,13 +104,25 @@ class Batch(models.Model):
 
     @property
     def can_cancel(self) -> bool:
-        return not self.is_done
+        return self.is_generating
+
+    @property
+    def can_delete_users(self) -> bool:
+        return self.status in {self.Status.FINISHED, self.Status.FAILED, self.Status.CANCELLED}
 
     @property
     def percent(self) -> int:
         if not self.total:
             return 0
         return min(100, self.created_count * 100 // self.total)
+
+    @property
+    def deleted_percent(self) -> int:
+        if self.status == self.Status.DELETED:
+            return 100
+        if not self.created_count:
+            return 0
+        return min(100, self.deleted_count * 100 // self.created_count)
 
     @property
     def elapsed(self) -> timedelta | None:
@@ -107,7 +142,7 @@ class Batch(models.Model):
     @property
     def eta(self) -> timedelta | None:
         rate = self.rate
-        if rate is None or self.is_done:
+        if rate is None or not self.is_generating:
             return None
         return timedelta(seconds=(self.total - self.created_count) / rate)
 

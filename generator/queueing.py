@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 # By name, so this module and jobs.py need not import each other.
 BATCH_RUN = "generator.jobs.batch_run"
+BATCH_USERS_DELETE = "generator.jobs.batch_users_delete"
 WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
@@ -66,6 +67,8 @@ def batch_submit(
     password: str = "",
     idempotency_key: uuid.UUID | None = None,
     enforce_limits: bool = True,
+    realistic_names: bool = False,
+    seed: int | None = None,
 ) -> Batch:
     """Record a batch, then enqueue its runs once the row is committed.
 
@@ -74,7 +77,13 @@ def batch_submit(
     """
     with transaction.atomic():
         if requested_by is None or not enforce_limits:
-            batch = services.batch_create(requested_by=requested_by, total=total, password=password)
+            batch = services.batch_create(
+                requested_by=requested_by,
+                total=total,
+                password=password,
+                realistic_names=realistic_names,
+                seed=seed,
+            )
             created = True
         else:
             batch, created = services.batch_request(
@@ -82,6 +91,8 @@ def batch_submit(
                 total=total,
                 password=password,
                 idempotency_key=idempotency_key,
+                realistic_names=realistic_names,
+                seed=seed,
             )
         if created:
             # After commit: a worker must never pick up a batch it cannot read yet.
@@ -123,3 +134,37 @@ def batches_reconcile() -> list[int]:
         if batch_enqueue(batch.pk, runs=runs_for(batch)):
             enqueued.append(batch.pk)
     return enqueued
+
+
+def batch_users_delete_enqueue(batch_id: int) -> bool:
+    """Enqueue the job deleting the batch's users; False (and logged) when Redis is down."""
+    queue = batch_queue()
+    job_id = Batch.objects.get(pk=batch_id).delete_job_id
+    try:
+        if Job.exists(job_id, connection=queue.connection):
+            # Never overwrite a job that may still be running: a later run gets its own id.
+            job_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+        queue.enqueue(
+            BATCH_USERS_DELETE,
+            batch_id,
+            job_id=job_id,
+            job_timeout=conf.job_timeout(),
+            description=f"Delete the users of batch #{batch_id}",
+        )
+    except RedisError:
+        # The batch stays "deleting"; asking again (page or admin) enqueues it once more.
+        logger.warning("batch %s: Redis unreachable, deletion not queued", batch_id, exc_info=True)
+        return False
+    return True
+
+
+def batch_users_delete_submit(*, batch_id: int) -> Batch:
+    """Mark the batch for deletion and enqueue the job once that is committed.
+
+    Raises ValidationError while the batch is still creating users.
+    """
+    with transaction.atomic():
+        batch = services.batch_users_delete_request(batch_id=batch_id)
+        if batch.status == Batch.Status.DELETING:
+            transaction.on_commit(partial(batch_users_delete_enqueue, batch.pk))
+    return batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -60,13 +61,38 @@ def batch_status(batch: Batch) -> dict[str, Any]:
         "failure_reason": batch.failure_reason,
         "can_resume": batch.can_resume,
         "can_cancel": batch.can_cancel,
+        "can_delete_users": batch.can_delete_users,
+        "realistic_names": batch.realistic_names,
+        "seed": batch.seed,
+        "deleted": batch.deleted_count,
+        "deleted_percent": batch.deleted_percent,
+        "deleted_at": batch.deleted_at.isoformat() if batch.deleted_at else None,
         "requested_by": batch.requested_by.get_username() if batch.requested_by else None,
         "created_at": batch.created_at.isoformat(),
         "started_at": batch.started_at.isoformat() if batch.started_at else None,
         "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
         "url": batch.get_absolute_url(),
         "users_url": f"{reverse('generator:user_list')}?batch={batch.pk}",
+        "csv_url": reverse("generator:batch_users_csv", args=[batch.pk]),
     }
+
+
+EXPORT_COLUMNS = ["username", "email", "first_name", "last_name", "date_joined"]
+
+
+def batch_users_export_rows(batch: Batch, *, chunk_size: int = 2_000) -> Iterator[tuple[Any, ...]]:
+    """The batch's accounts as export rows, read in chunks so memory stays flat in N.
+
+    Never a password column: the export is meant to be shared.
+    """
+    rows = (
+        User.objects.filter(batch=batch)
+        .order_by("pk")
+        .values_list(*EXPORT_COLUMNS)
+        .iterator(chunk_size=chunk_size)
+    )
+    for username, email, first_name, last_name, date_joined in rows:
+        yield username, email, first_name, last_name, date_joined.isoformat()
 
 
 def batches_without_a_live_run(*, quiet_since: datetime) -> QuerySet[Batch]:

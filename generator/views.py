@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
 
@@ -12,7 +13,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import InvalidPage, Page, Paginator
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -63,6 +64,8 @@ def generate(request: HttpRequest) -> HttpResponse:
                 total=form.cleaned_data["total"],
                 password=form.cleaned_data["password"],
                 idempotency_key=form.cleaned_data["idempotency_key"],
+                realistic_names=form.cleaned_data["realistic_names"],
+                seed=form.cleaned_data["seed"],
             )
         except ValidationError as refusal:
             form.add_error(None, refusal)
@@ -127,6 +130,52 @@ def batch_resume(request: HttpRequest, batch_id: int) -> HttpResponse:
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def batch_delete_users(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """GET asks for confirmation; POST records the request and queues the deletion."""
+    batch = managed_batch(request, batch_id)
+    if request.method == "GET":
+        return render(request, "generator/batch_delete_users.html", {"batch": batch})
+    try:
+        batch = queueing.batch_users_delete_submit(batch_id=batch.pk)
+    except ValidationError as refusal:
+        messages.error(request, " ".join(refusal.messages))
+    else:
+        if batch.status == Batch.Status.DELETING:
+            messages.success(request, f"Deleting the users of batch #{batch.pk}.")
+        else:
+            messages.info(request, f"The users of batch #{batch.pk} were already deleted.")
+    return redirect(batch)
+
+
+class Echo:
+    """A file-like object that hands back what it is given, for csv.writer to stream."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_lines(header: list[str], rows: Iterator[tuple[Any, ...]]) -> Iterator[str]:
+    writer = csv.writer(Echo())
+    yield writer.writerow(header)
+    for row in rows:
+        yield writer.writerow(row)
+
+
+@login_required
+@require_GET
+def batch_users_csv(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
+    # Streamed: a batch of a million accounts never sits in memory, in Django or the browser.
+    response = StreamingHttpResponse(
+        csv_lines(selectors.EXPORT_COLUMNS, selectors.batch_users_export_rows(batch)),
+        content_type="text/csv; charset=utf-8",
+    )
+    response["Content-Disposition"] = f'attachment; filename="batch-{batch.pk}-users.csv"'
+    return response
+
+
+@login_required
 @require_GET
 def user_list(request: HttpRequest) -> HttpResponse:
     batch_id = parse_id(request.GET.get("batch"))
@@ -173,6 +222,8 @@ def api_batch_create(request: HttpRequest) -> HttpResponse:
             total=form.cleaned_data["total"],
             password=form.cleaned_data["password"],
             idempotency_key=form.cleaned_data["idempotency_key"],
+            realistic_names=form.cleaned_data["realistic_names"],
+            seed=form.cleaned_data["seed"],
         )
     except ValidationError as refusal:
         return json_error(429, " ".join(refusal.messages))

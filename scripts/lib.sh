@@ -160,4 +160,31 @@ start_private_postgres() {
     -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
   CLEANUP_COMMANDS+=("${run[*]+${run[*]}} '$bin/pg_ctl' -D '$data' -m fast stop")
   PRIVATE_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  # The backup tests need pg_dump and pg_restore of this server's version.
+  export PATH="$bin:$PATH"
+}
+
+# The browser tests drive a system Chromium, never one downloaded by Playwright. CHROMIUM_PATH
+# names it where it is not /usr/bin/chromium (macOS, custom builds); exported for the tests.
+find_chromium() {
+  local candidate
+  for candidate in /usr/bin/chromium /Applications/Chromium.app/Contents/MacOS/Chromium \
+    "$(command -v chromium 2>/dev/null || true)"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ]; then echo "$candidate"; return; fi
+  done
+}
+
+ensure_chromium() {
+  if [ -n "${CHROMIUM_PATH:-}" ]; then
+    [ -x "$CHROMIUM_PATH" ] || die "CHROMIUM_PATH is set but no browser is there: $CHROMIUM_PATH"
+  else
+    CHROMIUM_PATH="$(find_chromium)"
+    if [ -z "$CHROMIUM_PATH" ]; then
+      install_package chromium chromium
+      CHROMIUM_PATH="$(find_chromium)"
+    fi
+    [ -n "$CHROMIUM_PATH" ] || die "Chromium is needed for the browser tests: install it, or set CHROMIUM_PATH to its binary."
+  fi
+  export CHROMIUM_PATH
+  say "Using the browser at $CHROMIUM_PATH"
 }

@@ -186,6 +186,14 @@ GENERATOR_FANOUT_JOBS = env_int("GENERATOR_FANOUT_JOBS", 4)
 # Limits on what one person may ask for through the form and the API (not the CLI).
 GENERATOR_MAX_ACTIVE_BATCHES_PER_USER = env_int("GENERATOR_MAX_ACTIVE_BATCHES_PER_USER", 5)
 GENERATOR_MAX_USERS_PER_DAY = env_int("GENERATOR_MAX_USERS_PER_DAY", 100_000)
+# Backups by RQ's cron scheduler (Procfile `cron:`) or `manage.py backup_now`.
+GENERATOR_BACKUP_DIR = Path(
+    os.environ.get("GENERATOR_BACKUP_DIR", "").strip() or BASE_DIR / "backups"
+)
+GENERATOR_BACKUP_KEEP = env_int("GENERATOR_BACKUP_KEEP", 24)
+if GENERATOR_BACKUP_KEEP < 1:
+    raise ImproperlyConfigured("GENERATOR_BACKUP_KEEP must be at least 1.")
+GENERATOR_BACKUP_CRON = os.environ.get("GENERATOR_BACKUP_CRON", "").strip() or "0 * * * *"
 
 LOGGING = {
     "version": 1,

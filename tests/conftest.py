@@ -104,3 +104,16 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+phase_report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the test, so a fixture can tell that its test failed."""
+    report = yield
+    item.stash.setdefault(phase_report_key, {})[report.when] = report
+    return report

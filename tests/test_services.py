@@ -66,7 +66,7 @@ def test_generated_accounts_share_the_one_password_hash():
 def test_username_collisions_are_skipped_and_the_batch_still_ends_with_total():
     # The same seed draws the same names: take the first ones before the batch does.
     rng = random.Random(7)
-    taken = [services.random_username(rng) for _ in range(40)]
+    taken = services.usernames_draw(rng, 40)
     User.objects.bulk_create([User(username=name) for name in taken])
     batch = make_batch(100, chunk_size=50)
 
@@ -215,3 +215,9 @@ def test_a_reopened_batch_finishes_exactly_what_is_missing():
     assert batch.status == Batch.Status.FINISHED
     assert User.objects.filter(batch=batch).count() == 300
     assert services.batch_reopen(batch_id=batch.pk).status == Batch.Status.FINISHED
+
+
+def test_the_raw_user_insert_sets_every_column_of_the_user_table():
+    # A field added to User must be added to the insert too, or generated rows would lack it.
+    columns = {field.column for field in User._meta.concrete_fields if not field.primary_key}
+    assert set(services.USER_INSERT_COLUMNS) == columns

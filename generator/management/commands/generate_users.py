@@ -25,6 +25,16 @@ class Command(BaseCommand):
         )
         parser.add_argument("--requested-by", metavar="USERNAME", help="Record who asked.")
         parser.add_argument(
+            "--realistic-names",
+            action="store_true",
+            help="Give the accounts realistic first and last names.",
+        )
+        parser.add_argument(
+            "--seed",
+            metavar="S",
+            help="The same N and seed on a fresh database make the same accounts.",
+        )
+        parser.add_argument(
             "--poll-interval", type=float, default=0.5, help="Seconds between progress checks."
         )
 
@@ -32,7 +42,12 @@ class Command(BaseCommand):
         password = sys.stdin.readline().rstrip("\r\n") if options["password_stdin"] else ""
         # The command line is for operators: it allows far bigger batches than the web form.
         form = BatchForm(
-            data={"total": options["total"], "password": password},
+            data={
+                "total": options["total"],
+                "password": password,
+                "realistic_names": options["realistic_names"],
+                "seed": options["seed"],
+            },
             min_total=1,
             max_total=conf.cli_max_total(),
         )
@@ -52,6 +67,8 @@ class Command(BaseCommand):
             total=form.cleaned_data["total"],
             password=form.cleaned_data["password"],
             enforce_limits=False,
+            realistic_names=form.cleaned_data["realistic_names"],
+            seed=form.cleaned_data["seed"],
         )
         self.stdout.write(str(batch.pk))
         if options["wait"]:

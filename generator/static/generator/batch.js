@@ -26,7 +26,11 @@
       const link = document.createElement("a");
       link.href = batch.users_url;
       link.textContent = "See these users";
-      outcome.append(link);
+      const csv = document.createElement("a");
+      csv.href = batch.csv_url;
+      csv.download = "";
+      csv.textContent = "Download them as CSV";
+      outcome.append(link, " ", csv);
     } else if (batch.status === "failed") {
       outcome.append(
         `This batch failed: ${batch.failure_reason || "an unexpected error stopped it."} ` +
@@ -36,7 +40,18 @@
       outcome.append(`Cancelled: ${batch.created} of ${batch.total} users were kept.`);
     } else if (batch.status === "pending") {
       outcome.append("Queued: it will start as soon as a worker is free.");
+    } else if (batch.status === "deleting") {
+      outcome.append(
+        `Deleting the users: ${batch.deleted} of ${batch.created} deleted so far.`,
+      );
+    } else if (batch.status === "deleted") {
+      outcome.append(`${batch.deleted} users deleted.`);
     }
+
+    const deleting = batch.status === "deleting" || batch.status === "deleted";
+    field("deletion").hidden = !deleting;
+    field("deleted_bar").value = batch.deleted_percent;
+    field("deleted_bar").textContent = `${batch.deleted_percent}%`;
   }
 
   function showActions(batch) {

@@ -1,0 +1,16 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from generator import backups, conf
+
+
+class Command(BaseCommand):
+    help = "Back the database up now, into GENERATOR_BACKUP_DIR, and print the backup's path."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            path = backups.backup_create(directory=conf.backup_dir(), keep=conf.backup_keep())
+        except backups.BackupError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(str(path))

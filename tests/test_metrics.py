@@ -1,0 +1,106 @@
+"""What operators watch: django-rq's Prometheus metrics behind the API token, the worker's log."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from django.test import Client
+from rq import Queue
+
+from generator import queueing
+from generator.models import Batch, User
+
+from .conftest import JSON_SERIALIZER, subprocess_env
+
+TOKEN = "a-long-random-metrics-token"
+METRICS = "/django-rq/metrics/"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_answer_the_api_token_with_the_queues_real_figures(settings, client, queue: Queue):
+    settings.RQ_API_TOKEN = TOKEN
+    # Outside a transaction: django-rq enqueues on commit.
+    queue.enqueue("generator.jobs.batches_reconcile")
+
+    response = client.get(METRICS, headers=bearer(TOKEN))
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    body = response.content.decode()
+    assert re.search(r'^rq_jobs\{queue="default",status="queued"\} 1\.0$', body, re.MULTILINE)
+    assert "# TYPE rq_workers gauge" in body
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "headers",
+    [{}, bearer("not-the-token"), {"Authorization": TOKEN}, bearer("")],
+    ids=["no header", "wrong token", "no Bearer scheme", "empty token"],
+)
+def test_metrics_and_stats_refuse_a_request_without_the_token(
+    settings, reader_client: Client, redis_connection, headers: dict[str, str]
+):
+    settings.RQ_API_TOKEN = TOKEN
+    # A logged-in person who is not staff is no better than an anonymous one.
+    for path in (METRICS, "/django-rq/stats.json"):
+        response = reader_client.get(path, headers=headers)
+        assert response.status_code == 401, path
+        assert b"rq_" not in response.content
+        assert b"queues" not in response.content
+
+
+@pytest.mark.django_db
+def test_an_unset_token_lets_no_one_in_by_token(settings, client, redis_connection):
+    settings.RQ_API_TOKEN = ""
+    assert client.get(METRICS, headers=bearer("")).status_code == 401
+    assert client.get(METRICS, headers=bearer("anything")).status_code == 401
+    assert client.get("/django-rq/stats.json", headers=bearer("anything")).status_code == 401
+
+
+@pytest.mark.django_db
+def test_staff_read_the_metrics_with_their_session(settings, admin_client, redis_connection):
+    # django-rq's own rule: the dashboard's users need no token.
+    settings.RQ_API_TOKEN = TOKEN
+    assert admin_client.get(METRICS).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_log_names_the_batch_each_chunk_and_the_rate(settings, queue: Queue):
+    settings.GENERATOR_CHUNK_SIZE = 100
+    batch = queueing.batch_submit(requested_by=None, total=450, enforce_limits=False)
+
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "rqworker",
+            "default",
+            "--burst",
+            "--serializer",
+            JSON_SERIALIZER,
+            "--worker-class",
+            "generator.worker.BatchWorker",
+        ],
+        cwd=settings.BASE_DIR,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert worker.returncode == 0, worker.stderr
+    assert Batch.objects.get(pk=batch.pk).status == Batch.Status.FINISHED
+    assert User.objects.filter(batch=batch).count() == 450
+    lines = re.findall(
+        rf"batch {batch.pk}: chunk (\d+) done, (\d+)/450 users \((\d+) users/s\)", worker.stderr
+    )
+    assert sorted(int(chunk) for chunk, _, _ in lines) == [0, 1, 2, 3, 4], worker.stderr
+    assert max(int(created) for _, created, _ in lines) == 450
+    assert all(int(rate) > 0 for _, _, rate in lines)
