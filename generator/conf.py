@@ -20,7 +20,7 @@ def cli_max_total() -> int:
 
 
 def chunk_size() -> int:
-    return getattr(settings, "GENERATOR_CHUNK_SIZE", 2_000)
+    return getattr(settings, "GENERATOR_CHUNK_SIZE", 5_000)
 
 
 def job_timeout() -> int:

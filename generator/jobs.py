@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import ShutDownImminentException
@@ -41,16 +41,21 @@ def batch_run(batch_id: int) -> dict[str, Any]:
         # A platform restart (SIGTERM): hand the chunks over and queue the rest for the next
         # worker at once, instead of waiting for the leases to run out.
         logger.warning("batch %s: worker shutting down, handing the batch over", batch_id)
+        # Raised by a signal handler, it may have cut a query short and left the connection
+        # in the middle of it: the hand-over needs a fresh one.
+        connection.close()
         services.batch_release(batch_id=batch_id, run_id=run_id)
         queueing.batch_enqueue(batch_id)
         raise
     except JobTimeoutException:
+        connection.close()  # raised by a signal handler too
         services.batch_fail(
             batch_id=batch_id, reason="The batch took longer than the job time limit allows."
         )
         raise
     except DatabaseError:
         logger.exception("batch %s: database error", batch_id)
+        connection.close()
         services.batch_fail(
             batch_id=batch_id, reason="The database was unavailable while creating users."
         )

@@ -118,7 +118,8 @@ def job_is_waiting(queue: Queue, job_id: str) -> bool:
 
 
 def batches_reconcile() -> list[int]:
-    """Enqueue a run for each unfinished batch that no live run holds and no job waits for.
+    """Enqueue a run for each unfinished batch that no live run holds and no job waits for,
+    and a deletion job for each deleting batch whose job is gone.
 
     That covers a batch whose enqueue failed (Redis down at commit), whose job Redis lost
     (a restart without persistence), and whose run died (a killed worker: its chunk leases
@@ -133,7 +134,23 @@ def batches_reconcile() -> list[int]:
         logger.info("batch %s: no live run, enqueueing one", batch.pk)
         if batch_enqueue(batch.pk, runs=runs_for(batch)):
             enqueued.append(batch.pk)
+    for batch in selectors.batches_deleting(quiet_since=quiet_since):
+        # A deletion holds no lease: its job is alive while RQ has it waiting or started
+        # (a killed worker's job leaves "started" at RQ's next maintenance).
+        if batch.last_job_id and job_is_alive(queue, batch.last_job_id):
+            continue
+        logger.info("batch %s: deletion without a job, enqueueing one", batch.pk)
+        if batch_users_delete_enqueue(batch.pk):
+            enqueued.append(batch.pk)
     return enqueued
+
+
+def job_is_alive(queue: Queue, job_id: str) -> bool:
+    try:
+        job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    except NoSuchJobError:
+        return False
+    return job.get_status(refresh=False) in {*WAITING, JobStatus.STARTED}
 
 
 def batch_users_delete_enqueue(batch_id: int) -> bool:
@@ -151,8 +168,9 @@ def batch_users_delete_enqueue(batch_id: int) -> bool:
             job_timeout=conf.job_timeout(),
             description=f"Delete the users of batch #{batch_id}",
         )
+        services.batch_record_job(batch_id=batch_id, job_id=job_id)
     except RedisError:
-        # The batch stays "deleting"; asking again (page or admin) enqueues it once more.
+        # The batch stays "deleting": the reconciler enqueues it once Redis answers again.
         logger.warning("batch %s: Redis unreachable, deletion not queued", batch_id, exc_info=True)
         return False
     return True

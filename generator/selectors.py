@@ -109,3 +109,12 @@ def batches_without_a_live_run(*, quiet_since: datetime) -> QuerySet[Batch]:
         .exclude(Exists(live_lease))
         .order_by("created_at")
     )
+
+
+def batches_deleting(*, quiet_since: datetime) -> QuerySet[Batch]:
+    """Batches whose users are being deleted and that got no job lately."""
+    return (
+        Batch.objects.filter(status=Batch.Status.DELETING)
+        .filter(Q(last_enqueued_at__lt=quiet_since) | Q(last_enqueued_at__isnull=True))
+        .order_by("created_at")
+    )

@@ -19,10 +19,18 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX, make_password
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 from faker import Faker
@@ -40,6 +48,7 @@ EMAIL_DOMAIN = "example.com"
 # worth a few tries before the job gives up.
 CHUNK_ATTEMPTS = 5
 RETRY_DELAY_SECONDS = 0.2
+RETRIED_ERRORS = (OperationalError, InterfaceError, IntegrityError)
 
 ProgressCallback = Callable[[Batch], None]
 
@@ -143,7 +152,7 @@ def batch_generate_users(
         filled = _retrying_database_errors(
             lambda: _chunk_claim_and_fill(batch_id=batch_id, run_id=run_id, rng=rng)
         )
-        batch = Batch.objects.get(pk=batch_id)
+        batch = _retrying_database_errors(lambda: Batch.objects.get(pk=batch_id))
         if filled is None:
             break
         logger.info(
@@ -210,6 +219,11 @@ def batch_record_enqueued(*, batch_id: int) -> str:
     return batch.last_job_id
 
 
+def batch_record_job(*, batch_id: int, job_id: str) -> None:
+    """Remember a job enqueued for the batch (a deletion), for the reconciler to check on."""
+    Batch.objects.filter(pk=batch_id).update(last_job_id=job_id, last_enqueued_at=timezone.now())
+
+
 _ACTIVE = [Batch.Status.PENDING, Batch.Status.RUNNING]
 
 
@@ -233,8 +247,15 @@ def _retrying_database_errors[T](attempt: Callable[[], T]) -> T:
     for number in range(1, CHUNK_ATTEMPTS + 1):
         try:
             return attempt()
-        except (OperationalError, InterfaceError, IntegrityError):
-            if number == CHUNK_ATTEMPTS:
+        except DatabaseError as error:
+            interruption = _interruption_behind(error)
+            if interruption is not None:
+                # A signal's exception (the job's time limit, a shutdown) landed while the
+                # driver was busy and came out as a database error: it must stop the run,
+                # and the connection it left half-way is of no further use.
+                connection.close()
+                raise interruption from error
+            if not isinstance(error, RETRIED_ERRORS) or number == CHUNK_ATTEMPTS:
                 raise
             logger.warning(
                 "database error, retrying the chunk (%s/%s)", number, CHUNK_ATTEMPTS, exc_info=True
@@ -243,6 +264,17 @@ def _retrying_database_errors[T](attempt: Callable[[], T]) -> T:
             connection.close()
             time.sleep(RETRY_DELAY_SECONDS * 2 ** (number - 1))
     raise AssertionError("unreachable")
+
+
+def _interruption_behind(error: BaseException) -> BaseException | None:
+    """The exception, not the database's, that a database error was raised in handling."""
+    database_errors = (DatabaseError, connection.Database.Error)
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if not isinstance(cause, database_errors):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _chunk_claim_and_fill(*, batch_id: int, run_id: str, rng: random.Random) -> BatchChunk | None:
@@ -364,11 +396,11 @@ def _users_insert(
 ) -> int:
     """Insert up to `count` users for the batch and return exactly how many were inserted.
 
-    One executemany of plain tuples: the ORM's bulk_create spends ~85% of a big batch
-    building model instances and compiling SQL (profiled), four times the database's own
-    time. A username that is already taken, even by a transaction running at the same
-    time, is skipped by the database (ON CONFLICT DO NOTHING) and the caller asks again for
-    the difference. So a seed repeated on the same database yields fresh usernames for the
+    Plain tuples written in bulk, not the ORM's bulk_create: profiled on 200k users, that
+    spent ~85% of the time building model instances and compiling SQL, four times the
+    database's own time. A username that is already taken, even by a transaction running at
+    the same time, is skipped by the database (ON CONFLICT DO NOTHING) and the caller asks
+    again for the difference. So a seed repeated on the same database yields fresh usernames for the
     ones its first use already took.
     """
     # dict.fromkeys, not a set: the draw order (and so which names go with which username)
@@ -395,9 +427,9 @@ def _users_insert(
             zip(usernames, names, strict=True)
         )
     ]
-    with connection.cursor() as cursor:
-        cursor.executemany(_user_insert_sql(), rows)
-        return cursor.rowcount
+    if connection.vendor == "postgresql":
+        return _user_rows_copy(rows)
+    return _user_rows_executemany(rows)
 
 
 def usernames_draw(rng: random.Random, count: int) -> list[str]:
@@ -416,14 +448,58 @@ def _unusable_passwords(count: int) -> list[str]:
     return [UNUSABLE_PASSWORD_PREFIX + suffixes[at : at + 40] for at in range(0, 40 * count, 40)]
 
 
-def _user_insert_sql() -> str:
+def _user_insert_sql(*, source: str) -> str:
     quote = connection.ops.quote_name
     return (
-        f"INSERT INTO {quote(User._meta.db_table)} "
-        f"({', '.join(quote(column) for column in USER_INSERT_COLUMNS)}) "
-        f"VALUES ({', '.join(['%s'] * len(USER_INSERT_COLUMNS))}) "
+        f"INSERT INTO {quote(User._meta.db_table)} ({_quoted_columns()}) {source} "
         f"ON CONFLICT ({quote('username')}) DO NOTHING"
     )
+
+
+def _quoted_columns() -> str:
+    return ", ".join(connection.ops.quote_name(column) for column in USER_INSERT_COLUMNS)
+
+
+def _values_placeholders() -> str:
+    return f"VALUES ({', '.join(['%s'] * len(USER_INSERT_COLUMNS))})"
+
+
+def _user_rows_executemany(rows: list[tuple[Any, ...]]) -> int:
+    with connection.cursor() as cursor:
+        cursor.executemany(_user_insert_sql(source=_values_placeholders()), rows)
+        return cursor.rowcount
+
+
+USER_STAGING_TABLE = "generator_user_staging"
+
+
+def _user_rows_copy(rows: list[tuple[Any, ...]]) -> int:
+    """PostgreSQL: COPY the rows into a staging table, then one INSERT ... SELECT.
+
+    COPY streams rows without a statement each; it measured 2-3x the rate of executemany
+    here. COPY cannot skip taken usernames itself, hence the staging table, which lives
+    only for the chunk's transaction (and so also suits a transaction-pooling proxy).
+    """
+    quote = connection.ops.quote_name
+    staging, columns = quote(USER_STAGING_TABLE), _quoted_columns()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DROP AS "
+            f"SELECT {columns} FROM {quote(User._meta.db_table)} WITH NO DATA"
+        )
+        # The raw psycopg cursor: its errors must still come out as Django's, which the
+        # chunk's retry (a killed backend, a restarted server) knows.
+        with (
+            connection.wrap_database_errors,
+            cursor.cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(_user_insert_sql(source=f"SELECT {columns} FROM {staging}"))
+        inserted = cursor.rowcount
+        # Emptied for the next call in the same transaction (after skipped usernames).
+        cursor.execute(f"TRUNCATE {staging}")
+    return inserted
 
 
 _DELETABLE = [Batch.Status.FINISHED, Batch.Status.FAILED, Batch.Status.CANCELLED]

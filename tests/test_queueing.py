@@ -157,3 +157,20 @@ def test_concurrent_requests_of_one_person_respect_the_limit(settings, queue, ge
 
     assert sorted(outcomes) == ["accepted"] * 3 + ["refused"] * 9
     assert Batch.objects.count() == 3
+
+
+def test_reconcile_enqueues_a_deletion_whose_job_redis_lost(queue, redis_connection, run_worker):
+    batch = queueing.batch_submit(requested_by=None, total=60)
+    run_worker()
+    queueing.batch_users_delete_submit(batch_id=batch.pk)
+    redis_connection.flushdb()  # as a restart without persistence does
+    quiet(batch)
+
+    assert queueing.batches_reconcile() == [batch.pk]
+    assert queueing.batches_reconcile() == []  # its job is waiting now: nothing to do
+    run_worker()
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DELETED
+    assert batch.deleted_count == 60
+    assert not User.objects.filter(batch=batch).exists()
