@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
@@ -355,3 +356,63 @@ def test_cancelling_a_running_batch_keeps_exactly_the_users_the_page_reports(
     assert batch.status == Batch.Status.CANCELLED
     assert int(kept.group(1)) == batch.created_count == User.objects.filter(batch=batch).count()
     assert batch.created_count < total
+
+
+def test_realistic_seeded_batch_exports_as_csv_then_its_users_are_deleted_live(
+    page: Page, person: User, platform: Platform
+) -> None:
+    total = 300
+    log_in(page, person)
+    page.goto("/generate/")
+    page.get_by_label("How many users").fill(str(total))
+    page.get_by_label("Realistic first and last names").check()
+    page.get_by_label("Seed (optional)").fill("2026")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_url(BATCH_URL)
+    batch_id = int(BATCH_URL.search(page.url).group(1))
+    csv_link = page.get_by_role("link", name="Download them as CSV")
+    csv_link.wait_for(timeout=DEADLINE_SECONDS * 1000)
+
+    with page.expect_download() as download:
+        csv_link.click()
+    with Path(download.value.path()).open(newline="") as exported:
+        header, *rows = list(csv.reader(exported))
+    assert header == ["username", "email", "first_name", "last_name", "date_joined"]
+    in_batch = User.objects.filter(batch_id=batch_id)
+    assert {row[0] for row in rows} == set(in_batch.values_list("username", flat=True))
+    assert len(rows) == total
+    assert all(row[2] and row[3] for row in rows), "realistic names were asked for"
+
+    page.get_by_role("button", name="Delete these users").click()
+    page.get_by_role("button", name="Yes, delete these users").click()
+    page.wait_for_url(BATCH_URL)
+    page.evaluate("window.__marker = 'never reloaded'")
+    expect(page.locator('[data-field="outcome"]')).to_have_text(
+        f"{total} users deleted.", timeout=DEADLINE_SECONDS * 1000
+    )
+    assert page.evaluate("window.__marker") == "never reloaded"
+    assert not in_batch.exists()
+    assert Batch.objects.get(pk=batch_id).status == Batch.Status.DELETED
+
+
+def test_a_cancelled_batch_resumed_from_its_page_ends_with_exactly_its_total(
+    page: Page, person: User, platform: Platform
+) -> None:
+    total = 5_000
+    log_in(page, person)
+    with platform.worker_paused():
+        batch_id = submit_batch(page, total)
+        # Cancelled before the worker could start: nothing was made, all of it is missing.
+        with page.expect_navigation():
+            page.get_by_role("button", name="Cancel batch").click()
+    assert outcome(page) == f"Cancelled: 0 of {total} users were kept."
+    wait_for(platform.worker_is_idle, "the worker has dropped the cancelled batch")
+
+    with page.expect_navigation():
+        page.get_by_role("button", name="Resume batch").click()
+    expect(page.locator('[data-field="outcome"]')).to_contain_text(
+        f"{total} users created in", timeout=DEADLINE_SECONDS * 1000
+    )
+    batch = Batch.objects.get(pk=batch_id)
+    assert batch.status == Batch.Status.FINISHED
+    assert batch.created_count == User.objects.filter(batch=batch).count() == total
