@@ -5,7 +5,9 @@
   if (!section || section.dataset.done === "true") return;
 
   const field = (name) => section.querySelector(`[data-field="${name}"]`);
-  const dash = (value) => (value === null || value === undefined ? "–" : value);
+  // A figure with its unit, or a dash alone when there is none (not "– s").
+  const figure = (value, unit) =>
+    value === null || value === undefined ? "–" : `${value} ${unit}`;
   const POLL_MS = 500;
 
   function render(batch) {
@@ -15,9 +17,9 @@
     field("bar").textContent = `${batch.percent}%`;
     field("created").textContent = batch.created;
     field("percent").textContent = batch.percent;
-    field("users_per_second").textContent = dash(batch.users_per_second);
-    field("elapsed_seconds").textContent = dash(batch.elapsed_seconds);
-    field("eta_seconds").textContent = dash(batch.eta_seconds);
+    field("users_per_second").textContent = figure(batch.users_per_second, "users/s");
+    field("elapsed_seconds").textContent = figure(batch.elapsed_seconds, "s");
+    field("eta_seconds").textContent = figure(batch.eta_seconds, "s");
 
     const outcome = field("outcome");
     outcome.replaceChildren();
