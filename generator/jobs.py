@@ -10,6 +10,7 @@ from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import ShutDownImminentException
+from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from . import backups, conf, queueing, services
@@ -25,15 +26,7 @@ def batch_run(batch_id: int) -> dict[str, Any]:
     run_id = f"{job.id if job else 'run'}:{uuid.uuid4().hex[:8]}"
 
     def report(batch: Batch) -> None:
-        if job is None:
-            return
-        job.meta.update(created=batch.created_count, total=batch.total)
-        try:
-            job.save_meta()
-        except RedisError:
-            # Only the dashboard's figure is lost: the progress itself is in the database,
-            # so a Redis restart must not stop the batch.
-            logger.warning("batch %s: progress not reported, Redis unreachable", batch.pk)
+        _progress_show(job, batch.pk, created=batch.created_count, total=batch.total)
 
     try:
         batch = services.batch_generate_users(batch_id=batch_id, run_id=run_id, on_progress=report)
@@ -83,9 +76,7 @@ def batch_users_delete(batch_id: int) -> dict[str, Any]:
     job = get_current_job()
 
     def report(batch: Batch) -> None:
-        if job is not None:
-            job.meta.update(deleted=batch.deleted_count, total=batch.created_count)
-            job.save_meta()
+        _progress_show(job, batch.pk, deleted=batch.deleted_count, total=batch.created_count)
 
     try:
         batch = services.batch_users_delete(batch_id=batch_id, on_progress=report)
@@ -94,6 +85,20 @@ def batch_users_delete(batch_id: int) -> dict[str, Any]:
         logger.warning(
             "batch %s: worker shutting down, queueing the rest of the deletion", batch_id
         )
+        connection.close()  # the signal may have cut a query short
         queueing.batch_users_delete_enqueue(batch_id)
         raise
     return {"batch_id": batch.pk, "status": batch.status, "deleted": batch.deleted_count}
+
+
+def _progress_show(job: Job | None, batch_id: int, **figures: int) -> None:
+    """Put a run's progress in job.meta, where the dashboard shows it."""
+    if job is None:
+        return
+    job.meta.update(figures)
+    try:
+        job.save_meta()
+    except RedisError:
+        # Only the dashboard's figure is lost: the progress itself is in the database, so a
+        # Redis restart must not stop the run.
+        logger.warning("batch %s: progress not reported, Redis unreachable", batch_id)
