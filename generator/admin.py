@@ -1,11 +1,16 @@
+from typing import Any
+
 from django.contrib import admin, messages
+from django.contrib.admin.options import ActionLocation
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 from django_rq.settings import get_queues_map
 
-from . import conf, queueing, services
+from . import conf, queueing, selectors, services
 from .models import Batch, User
 
 
@@ -48,8 +53,11 @@ class BatchAdmin(admin.ModelAdmin):
     exclude = ["password_hash"]
     actions = ["cancel_batches", "resume_batches", "delete_batch_users"]
 
-    @admin.action(description="Cancel the selected batches (users made so far are kept)")
-    def cancel_batches(self, request, queryset) -> None:
+    @admin.action(
+        description="Cancel the selected batches (users made so far are kept)",
+        permissions=["change"],
+    )
+    def cancel_batches(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
         cancelled = [
             batch.pk
             for batch in queryset
@@ -57,8 +65,11 @@ class BatchAdmin(admin.ModelAdmin):
         ]
         self.message_user(request, f"Cancelled {len(cancelled)} batch(es).")
 
-    @admin.action(description="Resume the selected failed or cancelled batches")
-    def resume_batches(self, request, queryset) -> None:
+    @admin.action(
+        description="Resume the selected failed or cancelled batches",
+        permissions=["generate"],
+    )
+    def resume_batches(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
         resumed = [
             batch.pk
             for batch in queryset
@@ -70,7 +81,7 @@ class BatchAdmin(admin.ModelAdmin):
         description="Delete the users of the selected batches (in the background)",
         permissions=["change"],
     )
-    def delete_batch_users(self, request, queryset) -> None:
+    def delete_batch_users(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
         queued, refused = [], []
         for batch in queryset:
             try:
@@ -89,9 +100,28 @@ class BatchAdmin(admin.ModelAdmin):
                 level=messages.WARNING,
             )
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_generate_permission(self, request: HttpRequest) -> bool:
+        # Resuming creates users: the same permission as asking for them.
+        return request.user.has_perm(selectors.ADD_BATCH_PERMISSION)
+
+    def has_add_permission(self, request: HttpRequest, obj: Batch | None = None) -> bool:
         # Batches are made through the form, API or CLI, which also enqueue their job.
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Batch | None = None) -> bool:
+        # Deleting a batch row would orphan its users for good (their undo is "Delete the
+        # users"): only a batch with no users left may go from the history.
+        if obj is not None and obj.status != Batch.Status.DELETED and obj.created_count:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(
+        self, request: HttpRequest, action_location: ActionLocation = ActionLocation.CHANGE_LIST
+    ) -> dict[str, Any]:
+        actions = super().get_actions(request, action_location=action_location)
+        # The bulk delete checks no batch's state: it would orphan users just the same.
+        actions.pop("delete_selected", None)
+        return actions
 
     @admin.display(description="Duration")
     def duration(self, batch: Batch) -> str:

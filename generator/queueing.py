@@ -100,10 +100,13 @@ def batch_submit(
     return batch
 
 
-def batch_resume(*, batch_id: int) -> Batch:
-    """Reopen a failed or cancelled batch and enqueue runs to finish it."""
+def batch_resume(*, batch_id: int, resumed_by: User | None = None) -> Batch:
+    """Reopen a failed or cancelled batch and enqueue runs to finish it.
+
+    Raises ValidationError when the person resuming it is at their limit of active batches.
+    """
     with transaction.atomic():
-        batch = services.batch_reopen(batch_id=batch_id)
+        batch = services.batch_reopen(batch_id=batch_id, reopened_by=resumed_by)
         if batch.status == Batch.Status.PENDING:
             transaction.on_commit(partial(batch_enqueue, batch.pk, runs=runs_for(batch)))
     return batch

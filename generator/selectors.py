@@ -16,10 +16,11 @@ ADD_BATCH_PERMISSION = "generator.add_batch"
 
 
 def can_manage(user: User, batch: Batch) -> bool:
-    """Staff, and whoever asked for the batch (while they may generate), may cancel or resume."""
-    if user.is_staff:
-        return True
-    return batch.requested_by_id == user.pk and user.has_perm(ADD_BATCH_PERMISSION)
+    """Who may cancel, resume or undo a batch: someone who may generate users, for their own
+    batches, or for any batch if they are staff (being staff alone is not enough)."""
+    if not user.has_perm(ADD_BATCH_PERMISSION):
+        return False
+    return user.is_staff or batch.requested_by_id == user.pk
 
 
 def batches_visible_to(user: User) -> QuerySet[Batch]:

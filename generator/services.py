@@ -115,15 +115,19 @@ def batch_request(
     return batch, True
 
 
-def _limits_check(*, requested_by: User, total: int) -> None:
-    mine = Batch.objects.filter(requested_by=requested_by)
-    active = mine.filter(status__in=_ACTIVE).count()
+def _active_limit_check(*, requested_by: User) -> None:
+    active = Batch.objects.filter(requested_by=requested_by, status__in=_ACTIVE).count()
     if active >= conf.max_active_batches_per_user():
         raise ValidationError(
             f"You already have {active} batches waiting or running: "
             "ask again when one of them has finished.",
             code="too_many_active_batches",
         )
+
+
+def _limits_check(*, requested_by: User, total: int) -> None:
+    _active_limit_check(requested_by=requested_by)
+    mine = Batch.objects.filter(requested_by=requested_by)
     since = timezone.now() - timedelta(days=1)
     asked_today = mine.filter(created_at__gte=since).aggregate(asked=Sum("total"))["asked"] or 0
     left = max(conf.max_users_per_day() - asked_today, 0)
@@ -186,9 +190,17 @@ def batch_cancel(*, batch_id: int) -> Batch:
     return Batch.objects.get(pk=batch_id)
 
 
-def batch_reopen(*, batch_id: int) -> Batch:
-    """Make a failed or cancelled batch pending again, so new runs finish what is missing."""
+def batch_reopen(*, batch_id: int, reopened_by: User | None = None) -> Batch:
+    """Make a failed or cancelled batch pending again, so new runs finish what is missing.
+
+    A person reopening their own batch is held to their limit on active batches (a
+    ValidationError); staff and the operator are not.
+    """
     with transaction.atomic():
+        if reopened_by is not None and not reopened_by.is_staff:
+            # Their row locked, as in batch_request, so concurrent requests count one by one.
+            User.objects.select_for_update().filter(pk=reopened_by.pk).exists()
+            _active_limit_check(requested_by=reopened_by)
         reopened = Batch.objects.filter(
             pk=batch_id,
             status__in=[Batch.Status.FAILED, Batch.Status.CANCELLED],

@@ -121,7 +121,12 @@ def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def batch_resume(request: HttpRequest, batch_id: int) -> HttpResponse:
-    batch = queueing.batch_resume(batch_id=managed_batch(request, batch_id).pk)
+    batch = managed_batch(request, batch_id)
+    try:
+        batch = queueing.batch_resume(batch_id=batch.pk, resumed_by=request.user)
+    except ValidationError as refusal:
+        messages.error(request, " ".join(refusal.messages))
+        return redirect(batch)
     if batch.status == Batch.Status.PENDING:
         messages.success(request, f"Batch #{batch.pk} resumed: the missing users are on the way.")
     else:

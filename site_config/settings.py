@@ -20,14 +20,17 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     value = os.environ.get(name, "").strip()
     if not value:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}.")
+    return number
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -170,21 +173,27 @@ RQ = {"COMMIT_MODE": "on_db_commit"}
 RQ_SHOW_ADMIN_LINK = True
 RQ_API_TOKEN = os.environ.get("RQ_API_TOKEN", "")
 
-GENERATOR_MIN_TOTAL = env_int("GENERATOR_MIN_TOTAL", 50)
+GENERATOR_MIN_TOTAL = env_int("GENERATOR_MIN_TOTAL", 50, minimum=1)
 GENERATOR_MAX_TOTAL = env_int("GENERATOR_MAX_TOTAL", 500)
-GENERATOR_CLI_MAX_TOTAL = env_int("GENERATOR_CLI_MAX_TOTAL", 10_000_000)
-GENERATOR_CHUNK_SIZE = env_int("GENERATOR_CHUNK_SIZE", 5_000)
-GENERATOR_JOB_TIMEOUT = env_int("GENERATOR_JOB_TIMEOUT", 6 * 60 * 60)
-GENERATOR_PAGE_SIZE = env_int("GENERATOR_PAGE_SIZE", 50)
+if GENERATOR_MAX_TOTAL < GENERATOR_MIN_TOTAL:
+    raise ImproperlyConfigured("GENERATOR_MAX_TOTAL must be at least GENERATOR_MIN_TOTAL.")
+GENERATOR_CLI_MAX_TOTAL = env_int("GENERATOR_CLI_MAX_TOTAL", 10_000_000, minimum=1)
+GENERATOR_CHUNK_SIZE = env_int("GENERATOR_CHUNK_SIZE", 5_000, minimum=1)
+GENERATOR_JOB_TIMEOUT = env_int("GENERATOR_JOB_TIMEOUT", 6 * 60 * 60, minimum=1)
+GENERATOR_PAGE_SIZE = env_int("GENERATOR_PAGE_SIZE", 50, minimum=1)
 # A run holds a chunk for this long; a killed worker's chunks are free again after it.
-GENERATOR_LEASE_SECONDS = env_int("GENERATOR_LEASE_SECONDS", 30)
-GENERATOR_RECONCILE_INTERVAL_SECONDS = env_int("GENERATOR_RECONCILE_INTERVAL_SECONDS", 30)
+GENERATOR_LEASE_SECONDS = env_int("GENERATOR_LEASE_SECONDS", 30, minimum=1)
+GENERATOR_RECONCILE_INTERVAL_SECONDS = env_int(
+    "GENERATOR_RECONCILE_INTERVAL_SECONDS", 30, minimum=1
+)
 GENERATOR_RECONCILE_GRACE_SECONDS = env_int("GENERATOR_RECONCILE_GRACE_SECONDS", 30)
 # Above this many users, a batch on PostgreSQL is worked on by several jobs at once.
 GENERATOR_FANOUT_THRESHOLD = env_int("GENERATOR_FANOUT_THRESHOLD", 100_000)
-GENERATOR_FANOUT_JOBS = env_int("GENERATOR_FANOUT_JOBS", 4)
+GENERATOR_FANOUT_JOBS = env_int("GENERATOR_FANOUT_JOBS", 4, minimum=1)
 # Limits on what one person may ask for through the form and the API (not the CLI).
-GENERATOR_MAX_ACTIVE_BATCHES_PER_USER = env_int("GENERATOR_MAX_ACTIVE_BATCHES_PER_USER", 5)
+GENERATOR_MAX_ACTIVE_BATCHES_PER_USER = env_int(
+    "GENERATOR_MAX_ACTIVE_BATCHES_PER_USER", 5, minimum=1
+)
 GENERATOR_MAX_USERS_PER_DAY = env_int("GENERATOR_MAX_USERS_PER_DAY", 100_000)
 # Backups by RQ's cron scheduler (Procfile `cron:`) or `manage.py backup_now`.
 GENERATOR_BACKUP_DIR = Path(

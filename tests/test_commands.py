@@ -93,7 +93,8 @@ def test_generate_users_reads_the_shared_password_from_stdin(queue, run_worker):
     assert user.check_password("a long enough secret phrase")
 
 
-def test_local_admin_creates_the_account_once_and_prints_how_to_log_in(tmp_path: Path):
+def test_local_admin_creates_the_account_once_and_prints_how_to_log_in(tmp_path: Path, settings):
+    settings.DEBUG = True
     credentials = tmp_path / "admin-password"
     first, second = StringIO(), StringIO()
     call_command("local_admin", "--credentials-file", str(credentials), stdout=first)
@@ -105,3 +106,12 @@ def test_local_admin_creates_the_account_once_and_prints_how_to_log_in(tmp_path:
     assert admin.check_password(password)
     assert first.getvalue() == second.getvalue()
     assert f"as admin / {password}" in first.getvalue()
+
+    assert credentials.stat().st_mode & 0o777 == 0o600
+
+
+def test_local_admin_refuses_to_run_in_production(tmp_path: Path, settings):
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="local runs"):
+        call_command("local_admin", "--credentials-file", str(tmp_path / "admin-password"))
+    assert not User.objects.filter(username="admin").exists()

@@ -257,3 +257,18 @@ def test_asking_to_delete_a_deleted_batch_again_changes_nothing(
     assert batch.status == Batch.Status.DELETED
     assert batch.deleted_count == 50
     assert queue.count == 0
+
+
+def test_the_admin_cannot_delete_a_batch_row_that_still_has_users(
+    admin_client, generator_user, queue, run_worker
+):
+    # Deleting the row would orphan its users: "Delete the users" is the way, then the row.
+    batch = queueing.batch_submit(requested_by=generator_user, total=60)
+    run_worker()
+    changelist = reverse("admin:generator_batch_changelist")
+
+    action_field = admin_client.get(changelist).context["action_form"].fields["action"]
+    assert "delete_selected" not in [name for name, _ in action_field.choices]
+    delete_url = reverse("admin:generator_batch_delete", args=[batch.pk])
+    assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403
+    assert Batch.objects.filter(pk=batch.pk).exists()

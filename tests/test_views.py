@@ -465,3 +465,40 @@ def test_staff_cancel_and_resume_from_the_admin(admin_client, queue, run_worker)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.FINISHED
     assert User.objects.filter(batch=batch).count() == 120
+
+
+def test_staff_without_the_generate_permission_cannot_manage_another_persons_batch(
+    django_user_model, generator_user
+):
+    batch = services.batch_create(requested_by=generator_user, total=80)
+    services.batch_cancel(batch_id=batch.pk)
+    staff = django_user_model.objects.create_user("sam", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+
+    assert client.get(batch.get_absolute_url()).status_code == 200  # staff see every batch
+    assert client.post(reverse("generator:batch_resume", args=[batch.pk])).status_code == 403
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED
+
+
+def test_only_login_and_logout_of_django_auth_views_are_routed(client):
+    assert client.get("/accounts/login/").status_code == 200
+    assert client.get("/accounts/password_reset/").status_code == 404
+
+
+def test_resuming_is_held_to_the_limit_on_active_batches(
+    settings, generator_client, generator_user
+):
+    settings.GENERATOR_MAX_ACTIVE_BATCHES_PER_USER = 1
+    stopped = services.batch_create(requested_by=generator_user, total=80)
+    services.batch_cancel(batch_id=stopped.pk)
+    services.batch_create(requested_by=generator_user, total=80)  # active, at the limit
+
+    response = generator_client.post(
+        reverse("generator:batch_resume", args=[stopped.pk]), follow=True
+    )
+
+    stopped.refresh_from_db()
+    assert stopped.status == Batch.Status.CANCELLED
+    assert "batches waiting or running" in response.content.decode()

@@ -97,5 +97,11 @@ class Command(BaseCommand):
             self.stderr.write("")
         if batch.status == Batch.Status.FAILED:
             raise CommandError(f"Batch {batch.pk} failed: {batch.failure_reason}")
+        if batch.status != Batch.Status.FINISHED:
+            # Cancelled (or its users deleted) while we watched: not what was asked for.
+            raise CommandError(
+                f"Batch {batch.pk} is {batch.get_status_display().lower()}: "
+                f"{batch.created_count} of {batch.total} users were created."
+            )
         seconds = batch.elapsed.total_seconds() if batch.elapsed else 0.0
         self.stderr.write(f"{batch.created_count} users created in {seconds:.2f} s.")

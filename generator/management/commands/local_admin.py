@@ -1,10 +1,11 @@
+import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -22,6 +23,9 @@ class Command(BaseCommand):
         parser.add_argument("--url", default="http://127.0.0.1:8000/")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.DEBUG:
+            # It prints a superuser's password: never where output goes to a platform's logs.
+            raise CommandError("local_admin is for local runs (DJANGO_DEBUG=true) only.")
         User = get_user_model()
         path: Path = options["credentials_file"]
         username = "admin"
@@ -30,8 +34,10 @@ class Command(BaseCommand):
             password = secrets.token_urlsafe(12)
             User.objects.create_superuser(username, "admin@example.com", password)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(password + "\n")
-            path.chmod(0o600)
+            # Created private, not made private after the password is in it.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as credentials:
+                credentials.write(password + "\n")
         elif path.exists():
             password = path.read_text().strip()
         else:

@@ -9,6 +9,7 @@
   const figure = (value, unit) =>
     value === null || value === undefined ? "–" : `${value} ${unit}`;
   const POLL_MS = 500;
+  const RETRY_MS = 3000;
 
   function render(batch) {
     section.className = `progress status-${batch.status}`;
@@ -63,6 +64,7 @@
   }
 
   async function poll() {
+    let delay = POLL_MS;
     try {
       const response = await fetch(section.dataset.statusUrl, {
         headers: { Accept: "application/json" },
@@ -73,11 +75,19 @@
         render(batch);
         showActions(batch);
         if (batch.done) return;
+      } else if (response.status < 500) {
+        // Logged out, or the batch is gone: asking again cannot help, reloading may.
+        field("outcome").textContent =
+          "Live progress stopped: reload the page (you may need to log in again).";
+        return;
+      } else {
+        delay = RETRY_MS;
       }
     } catch (error) {
-      // A dropped connection is retried on the next tick; the page keeps its last figures.
+      // A dropped connection is retried; the page keeps its last figures meanwhile.
+      delay = RETRY_MS;
     }
-    window.setTimeout(poll, POLL_MS);
+    window.setTimeout(poll, delay);
   }
 
   poll();
