@@ -1,5 +1,6 @@
 import random
 import re
+import string
 import threading
 
 import pytest
@@ -221,3 +222,10 @@ def test_the_raw_user_insert_sets_every_column_of_the_user_table():
     # A field added to User must be added to the insert too, or generated rows would lack it.
     columns = {field.column for field in User._meta.concrete_fields if not field.primary_key}
     assert set(services.USER_INSERT_COLUMNS) == columns
+
+
+def test_drawn_usernames_are_shaped_like_the_tutorials_and_use_every_letter():
+    usernames = services.usernames_draw(random.Random(3), 5_000)
+    assert len(usernames) == 5_000
+    assert all(re.fullmatch(r"user_[A-Za-z]{10}", name) for name in usernames)
+    assert {letter for name in usernames for letter in name[5:]} == set(string.ascii_letters)
