@@ -153,16 +153,19 @@ def batch_generate_users(
     rng = rng or random.Random(secrets.randbits(64))
     batch = _batch_start(batch_id)
     while batch.status == Batch.Status.RUNNING:
-        filled = _retrying_database_errors(
+        claimed = _retrying_database_errors(
             lambda: _chunk_claim_and_fill(batch_id=batch_id, run_id=run_id, rng=rng)
         )
         batch = _retrying_database_errors(lambda: Batch.objects.get(pk=batch_id))
-        if filled is None:
+        if claimed is None:
             break
+        chunk, filled = claimed
+        if not filled:
+            continue  # its lease was lost, or the batch stopped: nothing to report
         logger.info(
             "batch %s: chunk %s done, %s/%s users (%.0f users/s)",
             batch_id,
-            filled.index,
+            chunk.index,
             batch.created_count,
             batch.total,
             batch.rate or 0,
@@ -289,12 +292,14 @@ def _interruption_behind(error: BaseException) -> BaseException | None:
     return None
 
 
-def _chunk_claim_and_fill(*, batch_id: int, run_id: str, rng: random.Random) -> BatchChunk | None:
+def _chunk_claim_and_fill(
+    *, batch_id: int, run_id: str, rng: random.Random
+) -> tuple[BatchChunk, bool] | None:
+    """The chunk claimed (None when none is free) and whether its users were committed."""
     chunk = _chunk_claim(batch_id=batch_id, run_id=run_id)
     if chunk is None:
         return None
-    _chunk_fill(chunk_id=chunk.pk, run_id=run_id, rng=rng)
-    return chunk
+    return chunk, _chunk_fill(chunk_id=chunk.pk, run_id=run_id, rng=rng)
 
 
 def _chunk_claim(*, batch_id: int, run_id: str) -> BatchChunk | None:
@@ -321,16 +326,16 @@ def _chunk_claim(*, batch_id: int, run_id: str) -> BatchChunk | None:
     return chunk
 
 
-def _chunk_fill(*, chunk_id: int, run_id: str, rng: random.Random) -> None:
+def _chunk_fill(*, chunk_id: int, run_id: str, rng: random.Random) -> bool:
     with transaction.atomic():
         chunk = BatchChunk.objects.select_for_update().get(pk=chunk_id)
         if chunk.done or chunk.lease_owner != run_id:
-            return  # another run took it over after our lease ran out
+            return False  # another run took it over after our lease ran out
         batch = Batch.objects.only("status", "password_hash", "realistic_names", "seed").get(
             pk=chunk.batch_id
         )
         if batch.status != Batch.Status.RUNNING:
-            return  # cancelled or failed meanwhile: stop between chunks
+            return False  # cancelled or failed meanwhile: stop between chunks
         if batch.seed is not None:
             # From (seed, chunk) alone, so neither the run that fills the chunk nor a retry
             # of it changes which accounts it makes.
@@ -346,7 +351,7 @@ def _chunk_fill(*, chunk_id: int, run_id: str, rng: random.Random) -> None:
         )
         if not counted:
             transaction.set_rollback(True)
-            return
+            return False
         chunk.done = True
         chunk.lease_owner = ""
         chunk.lease_expires_at = None
@@ -356,6 +361,7 @@ def _chunk_fill(*, chunk_id: int, run_id: str, rng: random.Random) -> None:
         Batch.objects.filter(
             pk=batch.pk, status=Batch.Status.RUNNING, created_count__gte=F("total")
         ).update(status=Batch.Status.FINISHED, finished_at=timezone.now())
+    return True
 
 
 @functools.cache
