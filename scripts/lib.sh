@@ -113,7 +113,9 @@ start_private_redis() {
 
 # Sets REDIS_URL: the one given, else a Redis on localhost:6379, else a private one.
 ensure_redis() {
-  if [ -n "${REDIS_URL:-}" ]; then
+  if [[ "${REDIS_URL:-}" == redis-sentinel://* ]]; then
+    say "Using the Redis that the sentinels at REDIS_URL name as master"
+  elif [ -n "${REDIS_URL:-}" ]; then
     redis_answers "$REDIS_URL" || die "REDIS_URL is set but no Redis answers there: $REDIS_URL"
     say "Using the Redis at REDIS_URL"
   elif redis_answers "redis://127.0.0.1:6379/0"; then

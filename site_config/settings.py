@@ -6,6 +6,8 @@ localhost. Production (DJANGO_DEBUG unset or false) refuses to start without a s
 
 import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -157,13 +159,41 @@ if HTTPS:
     # Let the platform's own health checks and internal calls through on plain HTTP.
     SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
 
+
+def redis_sentinel_settings(url: str) -> dict[str, Any]:
+    """django-rq's connection settings for redis-sentinel://[:password@]host:port[,host:port
+    ...]/master_name[/db]: the queue follows whichever server the sentinels say is master."""
+    parts = urlsplit(url)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    password = unquote(credentials.partition(":")[2]) or None
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+        sentinels.append((name, int(port)))
+    master_name, _, db = parts.path.strip("/").partition("/")
+    if not master_name or not hosts:
+        raise ImproperlyConfigured(
+            "A sentinel REDIS_URL reads redis-sentinel://[:password@]host:port,.../master[/db]."
+        )
+    return {
+        "SENTINELS": sentinels,
+        "MASTER_NAME": master_name,
+        "DB": int(db or 0),
+        "PASSWORD": password,
+        "SENTINEL_KWARGS": {"password": password},
+    }
+
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
-RQ_QUEUE = {
-    "URL": REDIS_URL,
+RQ_QUEUE: dict[str, Any] = {
     "DEFAULT_TIMEOUT": env_int("RQ_DEFAULT_TIMEOUT", 60 * 60),
     # Pickle would let anyone who can write to Redis run code in the worker.
     "SERIALIZER": "rq.serializers.JSONSerializer",
 }
+if REDIS_URL.startswith("redis-sentinel://"):
+    RQ_QUEUE.update(redis_sentinel_settings(REDIS_URL))
+else:
+    RQ_QUEUE["URL"] = REDIS_URL
 if REDIS_URL.startswith("rediss://"):
     # Heroku Data for Redis serves TLS with a self-signed certificate.
     cert_reqs = os.environ.get("REDIS_SSL_CERT_REQS", "none")

@@ -1,14 +1,22 @@
 """The deployment files agree with each other and with the settings."""
 
 import json
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from django.conf import settings
+from redis import Redis
+from redis.exceptions import RedisError
+
+from generator.models import Batch, User
 
 from .conftest import subprocess_env
-from .test_processes import procfile
+from .test_processes import free_port, procfile
 
 
 def app_json() -> dict:
@@ -60,3 +68,66 @@ def test_a_rediss_url_can_require_a_proper_certificate():
     )
     assert seen["class"] == "SSLConnection"
     assert seen["cert_reqs"] == "required"
+
+
+@pytest.fixture
+def redis_behind_a_sentinel(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server and a sentinel watching it; the sentinel REDIS_URL for both."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed to run a sentinel (scripts/test installs it)")
+    redis_port, sentinel_port = free_port(), free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor generator 127.0.0.1 {redis_port} 1\n"
+    )
+    processes = [
+        subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL),
+    ]
+    try:
+        sentinel = Redis(port=sentinel_port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if sentinel.execute_command("SENTINEL", "get-master-addr-by-name", "generator"):
+                    break
+            except RedisError:
+                pass
+            assert time.monotonic() < deadline, "the sentinel did not start"
+            time.sleep(0.05)
+        yield f"redis-sentinel://127.0.0.1:{sentinel_port}/generator/3"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sentinel_redis_url_carries_a_batch_from_the_command_line_to_a_worker(
+    redis_behind_a_sentinel: str,
+):
+    env = subprocess_env(REDIS_URL=redis_behind_a_sentinel)
+    run = {"cwd": settings.BASE_DIR, "env": env, "capture_output": True, "text": True}
+    made = subprocess.run([sys.executable, "manage.py", "generate_users", "300"], check=True, **run)
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "rqworker",
+            "default",
+            "--burst",
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+        ],
+        check=False,
+        timeout=60,
+        **run,
+    )
+
+    batch = Batch.objects.get(pk=int(made.stdout))
+    assert batch.status == Batch.Status.FINISHED, worker.stdout + worker.stderr
+    assert User.objects.filter(batch=batch).count() == 300
