@@ -4,15 +4,22 @@ from rq import cron
 
 from . import conf, jobs
 
+# A backup still waiting for a worker after this long gives way to the next one.
+BACKUP_WAIT_SECONDS = 60 * 60
+
 cron.register(
     jobs.batches_reconcile,
     queue_name=conf.queue_name(),
     interval=conf.reconcile_interval_seconds(),
+    # While every worker is busy with a long batch, a waiting reconcile is superseded by the
+    # next one: let it expire instead of piling up in the queue.
+    ttl=conf.reconcile_interval_seconds(),
     name="batches_reconcile",
 )
 cron.register(
     jobs.database_backup,
     queue_name=conf.queue_name(),
     cron=conf.backup_cron(),
+    ttl=BACKUP_WAIT_SECONDS,
     name="database_backup",
 )
