@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 import django_rq
@@ -16,6 +17,18 @@ from rq import Queue
 from generator.models import User
 
 JSON_SERIALIZER = "rq.serializers.JSONSerializer"
+# The Procfile's worker as a real process, in burst mode: it drains the queue, then exits.
+BURST_WORKER = [
+    sys.executable,
+    "manage.py",
+    "rqworker",
+    "default",
+    "--burst",
+    "--serializer",
+    JSON_SERIALIZER,
+    "--worker-class",
+    "generator.worker.BatchWorker",
+]
 
 
 @pytest.fixture(scope="session")

@@ -24,22 +24,10 @@ from rq.cron import get_cron_job_ids
 from generator import backups, queueing
 from generator.models import Batch, User
 
-from .conftest import JSON_SERIALIZER, subprocess_env
+from .conftest import BURST_WORKER, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The Procfile's worker, in burst mode.
-BURST_WORKER = [
-    sys.executable,
-    "manage.py",
-    "rqworker",
-    "default",
-    "--burst",
-    "--serializer",
-    JSON_SERIALIZER,
-    "--worker-class",
-    "generator.worker.BatchWorker",
-]
 
 on_postgresql = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="pg_dump backs up PostgreSQL only"

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from generator.models import Batch, User
 
-from .conftest import subprocess_env
+from .conftest import BURST_WORKER, subprocess_env
 from .test_processes import free_port, procfile
 
 
@@ -114,15 +114,7 @@ def test_a_sentinel_redis_url_carries_a_batch_from_the_command_line_to_a_worker(
     run = {"cwd": settings.BASE_DIR, "env": env, "capture_output": True, "text": True}
     made = subprocess.run([sys.executable, "manage.py", "generate_users", "300"], check=True, **run)
     worker = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "rqworker",
-            "default",
-            "--burst",
-            "--serializer",
-            "rq.serializers.JSONSerializer",
-        ],
+        BURST_WORKER,
         check=False,
         timeout=60,
         **run,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
 from django.test import Client
@@ -13,7 +12,7 @@ from rq import Queue
 from generator import queueing
 from generator.models import Batch, User
 
-from .conftest import JSON_SERIALIZER, subprocess_env
+from .conftest import BURST_WORKER, subprocess_env
 
 TOKEN = "a-long-random-metrics-token"
 METRICS = "/django-rq/metrics/"
@@ -77,17 +76,7 @@ def test_the_worker_log_names_the_batch_each_chunk_and_the_rate(settings, queue:
     batch = queueing.batch_submit(requested_by=None, total=450, enforce_limits=False)
 
     worker = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "rqworker",
-            "default",
-            "--burst",
-            "--serializer",
-            JSON_SERIALIZER,
-            "--worker-class",
-            "generator.worker.BatchWorker",
-        ],
+        BURST_WORKER,
         cwd=settings.BASE_DIR,
         env=subprocess_env(),
         capture_output=True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
@@ -24,7 +23,7 @@ from generator import queueing
 from generator.forms import MAX_SEED, BatchForm
 from generator.models import Batch, BatchChunk, User
 
-from .conftest import JSON_SERIALIZER, subprocess_env
+from .conftest import BURST_WORKER, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,15 +92,7 @@ def test_a_seeded_realistic_batch_is_made_again_identically_on_a_fresh_database(
     call_command("generate_users", "100", "--realistic-names", "--seed", "42", stdout=StringIO())
     second = Batch.objects.get()
     worker = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "rqworker",
-            "default",
-            "--burst",
-            "--serializer",
-            JSON_SERIALIZER,
-        ],
+        BURST_WORKER,
         cwd=settings.BASE_DIR,
         env=subprocess_env(PYTHONHASHSEED="12345"),
         capture_output=True,
