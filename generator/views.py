@@ -15,6 +15,8 @@ from django.core.paginator import InvalidPage, Page, Paginator
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from . import conf, queueing, selectors, services
@@ -195,6 +197,34 @@ def json_error(status: int, message: str, errors: dict[str, Any] | None = None) 
     return JsonResponse({"error": message, "errors": errors or {}}, status=status)
 
 
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Django's CSRF refusal, as JSON for the API's programs (settings.CSRF_FAILURE_VIEW)."""
+    if request.path.startswith(reverse("generator:api_batch_create")):
+        return json_error(
+            403, "CSRF check failed: send the csrftoken cookie back as the X-CSRFToken header."
+        )
+    return django_csrf_failure(request, reason=reason)
+
+
+def api_methods(
+    *methods: str,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Like require_http_methods, answering other methods with a JSON 405."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = json_error(405, f"Use {' or '.join(methods)} here.")
+                response["Allow"] = ", ".join(methods)
+                return response
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
 def api_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Programs get a JSON 401, not a redirect to the login page."""
 
@@ -208,7 +238,7 @@ def api_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpR
 
 
 @api_login_required
-@require_POST
+@api_methods("POST")
 def api_batch_create(request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm(ADD_BATCH_PERMISSION):
         return json_error(403, "You may not generate users.")
@@ -238,7 +268,7 @@ def api_batch_create(request: HttpRequest) -> HttpResponse:
 
 
 @api_login_required
-@require_GET
+@api_methods("GET", "HEAD")
 def api_batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     try:
         batch = selectors.batches_visible_to(request.user).get(pk=batch_id)

@@ -55,6 +55,8 @@ ALLOWED_HOSTS = env_list(
     "DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else []
 )
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# The API's programs get their CSRF refusal as JSON; pages keep Django's own.
+CSRF_FAILURE_VIEW = "generator.views.csrf_failure"
 
 INSTALLED_APPS = [
     "generator",

@@ -167,6 +167,7 @@ def test_create_without_csrf_token_is_a_403_and_creates_nothing(generator_user: 
     response = post_json(client, {"total": 50})
 
     assert response.status_code == 403
+    assert "CSRF" in response.json()["error"]
     assert Batch.objects.count() == 0
 
 
@@ -277,3 +278,11 @@ def test_detail_of_an_id_beyond_any_integer_column_is_a_404_not_a_500(
 
     assert response.status_code == 404
     assert response.json()["error"] == "No such batch."
+
+
+def test_a_wrong_method_on_the_api_is_a_json_405(generator_client: Client) -> None:
+    response = generator_client.delete(reverse("generator:api_batch_create"))
+
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert response.json()["error"] == "Use POST here."
