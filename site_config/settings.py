@@ -1,7 +1,8 @@
 """Settings for Generator, read once from the environment (12-factor).
 
-With no environment at all this is a laptop setup: SQLite next to the code and a Redis on
-localhost. Production (DJANGO_DEBUG unset or false) refuses to start without a secret key.
+With no environment at all this is a laptop setup: debug mode, SQLite next to the code and a
+Redis on localhost. Production (DJANGO_DEBUG=false, the default on a Heroku dyno) refuses to
+start without a secret key.
 """
 
 import os
@@ -41,7 +42,9 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return items or default
 
 
-DEBUG = env_bool("DJANGO_DEBUG", False)
+# A laptop needs no configuration; a Heroku dyno (DYNO is set there) is production even when
+# DJANGO_DEBUG was forgotten. Elsewhere, production sets DJANGO_DEBUG=false.
+DEBUG = env_bool("DJANGO_DEBUG", "DYNO" not in os.environ)
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:

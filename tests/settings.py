@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-secret")
+# Production-like, as CI and a platform run it; pages are tested with DEBUG off.
+os.environ.setdefault("DJANGO_DEBUG", "false")
 os.environ.setdefault("DJANGO_HTTPS", "false")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 

@@ -25,6 +25,7 @@ def test_check_deploy_is_clean_with_production_settings():
     }
     env.update(
         DJANGO_SETTINGS_MODULE="site_config.settings",
+        DJANGO_DEBUG="false",
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         DJANGO_ALLOWED_HOSTS="generator.example.com",
     )
@@ -39,18 +40,35 @@ def test_check_deploy_is_clean_with_production_settings():
     assert "System check identified no issues" in check.stdout
 
 
-def test_production_refuses_to_start_without_a_secret_key():
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DJANGO_")}
-    env["DJANGO_SETTINGS_MODULE"] = "site_config.settings"
-    check = subprocess.run(
-        [sys.executable, "manage.py", "check"],
+def manage(*arguments: str, **env: str) -> subprocess.CompletedProcess:
+    """manage.py in a process whose environment has no DJANGO_ variables but `env`."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("DJANGO_")}
+    clean.pop("DYNO", None)
+    return subprocess.run(
+        [sys.executable, "manage.py", *arguments],
         cwd=settings.BASE_DIR,
-        env=env,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "site_config.settings", **env},
         capture_output=True,
         text=True,
     )
+
+
+@pytest.mark.parametrize(
+    "production", [{"DJANGO_DEBUG": "false"}, {"DYNO": "web.1"}], ids=["debug-off", "heroku-dyno"]
+)
+def test_production_refuses_to_start_without_a_secret_key(production):
+    check = manage("check", **production)
     assert check.returncode != 0
     assert "Set DJANGO_SECRET_KEY" in check.stderr
+
+
+def test_a_laptop_needs_no_configuration_to_run_management_commands(tmp_path: Path):
+    # Only the database moves, so the test never touches a person's db.sqlite3.
+    check = manage(
+        "makemigrations", "--check", "--dry-run", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3"
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No changes detected" in check.stdout
 
 
 @pytest.mark.django_db
