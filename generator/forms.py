@@ -65,6 +65,8 @@ class StrictBooleanField(forms.BooleanField):
 class BatchForm(forms.Form):
     """How many users to create, and optionally one password for all of them."""
 
+    SUBMITTED_FIELDS = ("total", "password", "idempotency_key", "realistic_names", "seed")
+
     password = forms.CharField(
         label="One password for all these accounts (optional)",
         required=False,
@@ -103,6 +105,10 @@ class BatchForm(forms.Form):
             error_messages={"required": "Say how many users to create."},
         )
         self.order_fields(["total", "password", "realistic_names", "seed", "idempotency_key"])
+
+    def batch_options(self) -> dict[str, Any]:
+        """The cleaned request, as keyword arguments for queueing.batch_submit."""
+        return {name: self.cleaned_data[name] for name in self.SUBMITTED_FIELDS}
 
     def clean_password(self) -> str:
         password = self.cleaned_data["password"]

@@ -63,11 +63,7 @@ def generate(request: HttpRequest) -> HttpResponse:
         try:
             batch = queueing.batch_submit(
                 requested_by=request.user,
-                total=form.cleaned_data["total"],
-                password=form.cleaned_data["password"],
-                idempotency_key=form.cleaned_data["idempotency_key"],
-                realistic_names=form.cleaned_data["realistic_names"],
-                seed=form.cleaned_data["seed"],
+                **form.batch_options(),
             )
         except ValidationError as refusal:
             form.add_error(None, refusal)
@@ -254,11 +250,7 @@ def api_batch_create(request: HttpRequest) -> HttpResponse:
     try:
         batch = queueing.batch_submit(
             requested_by=request.user,
-            total=form.cleaned_data["total"],
-            password=form.cleaned_data["password"],
-            idempotency_key=form.cleaned_data["idempotency_key"],
-            realistic_names=form.cleaned_data["realistic_names"],
-            seed=form.cleaned_data["seed"],
+            **form.batch_options(),
         )
     except ValidationError as refusal:
         return json_error(429, " ".join(refusal.messages))

@@ -64,11 +64,8 @@ class Command(BaseCommand):
 
         batch = queueing.batch_submit(
             requested_by=requested_by,
-            total=form.cleaned_data["total"],
-            password=form.cleaned_data["password"],
             enforce_limits=False,
-            realistic_names=form.cleaned_data["realistic_names"],
-            seed=form.cleaned_data["seed"],
+            **form.batch_options(),
         )
         self.stdout.write(str(batch.pk))
         if options["wait"]:
