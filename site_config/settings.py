@@ -243,7 +243,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "generator.log.InterruptibleStreamHandler", "formatter": "plain"}
+    },
     "loggers": {
         "generator": {
             "handlers": ["console"],
