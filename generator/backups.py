@@ -46,7 +46,9 @@ def backup_create(*, directory: Path, keep: int) -> Path:
     # A name rotation never matches, so a half-written file is never taken for a backup.
     partial = directory / f".{target.name}.{os.getpid()}.partial"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A copy of every account: readable by the app's own user only, from its first byte.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         if database.vendor == "sqlite":
             _sqlite_backup(database.settings_dict, partial)
         else:

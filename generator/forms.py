@@ -9,6 +9,7 @@ from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 
 from . import conf
+from .formatting import thousands
 
 WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 # Past this many digits a number is out of any range we accept; checked before int() so a
@@ -101,7 +102,7 @@ class BatchForm(forms.Form):
             label="How many users",
             min_value=min_total,
             max_value=max_total,
-            help_text=f"From {min_total} to {max_total}.",
+            help_text=f"From {thousands(min_total)} to {thousands(max_total)}.",
             error_messages={"required": "Say how many users to create."},
         )
         self.order_fields(["total", "password", "realistic_names", "seed", "idempotency_key"])

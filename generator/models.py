@@ -55,6 +55,8 @@ class Batch(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "batches"
+        # The django-rq dashboard empties queues and deletes jobs: the staff flag is not enough.
+        permissions = [("use_rq_dashboard", "Can use the RQ dashboard")]
         indexes = [models.Index(fields=["status"])]
         constraints = [
             models.UniqueConstraint(

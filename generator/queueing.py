@@ -10,6 +10,7 @@ from functools import partial
 import django_rq
 from django.db import connection, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -60,6 +61,7 @@ def batch_enqueue(batch_id: int, *, runs: int = 1) -> bool:
     return True
 
 
+@sensitive_variables("password")
 def batch_submit(
     *,
     requested_by: User | None,

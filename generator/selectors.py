@@ -13,30 +13,41 @@ from django.utils import timezone
 from .models import Batch, BatchChunk, User
 
 ADD_BATCH_PERMISSION = "generator.add_batch"
+# The staff flag alone opens nothing: seeing or managing other people's batches and accounts
+# takes the model permission (superusers have them all).
+VIEW_ANY_BATCH_PERMISSION = "generator.view_batch"
+MANAGE_ANY_BATCH_PERMISSION = "generator.change_batch"
+VIEW_ANY_USER_PERMISSION = "generator.view_user"
 
 
 def can_manage(user: User, batch: Batch) -> bool:
     """Who may cancel, resume or undo a batch: someone who may generate users, for their own
-    batches, or for any batch if they are staff (being staff alone is not enough)."""
+    batches, or for any batch with the permission to change batches."""
     if not user.has_perm(ADD_BATCH_PERMISSION):
         return False
-    return user.is_staff or batch.requested_by_id == user.pk
+    return batch.requested_by_id == user.pk or user.has_perm(MANAGE_ANY_BATCH_PERMISSION)
+
+
+def can_manage_any(user: User) -> bool:
+    """May manage every batch (the admin's actions): generate, and change batches."""
+    return user.has_perm(ADD_BATCH_PERMISSION) and user.has_perm(MANAGE_ANY_BATCH_PERMISSION)
 
 
 def batches_visible_to(user: User) -> QuerySet[Batch]:
-    """Staff see every batch; everyone else sees the batches they asked for."""
+    """With the view permission, every batch; everyone else sees the batches they asked for."""
     batches = Batch.objects.select_related("requested_by")
-    if user.is_staff:
+    if user.has_perm(VIEW_ANY_BATCH_PERMISSION):
         return batches
     return batches.filter(requested_by=user)
 
 
 def users_visible_to(user: User, *, batch: Batch | None = None) -> QuerySet[User]:
-    """Newest first; staff see every account, others the accounts of their own batches."""
+    """Newest first; with the user model's view permission, every account, else the accounts
+    of one's own batches."""
     users = User.objects.order_by("-id")
     if batch is not None:
         return users.filter(batch=batch)
-    if user.is_staff:
+    if user.has_perm(VIEW_ANY_USER_PERMISSION):
         return users
     return users.filter(batch__requested_by=user)
 

@@ -33,6 +33,7 @@ from django.db import (
 )
 from django.db.models import F, Q, Sum
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from faker import Faker
 from faker.providers.person.en_US import Provider as PersonProvider
 
@@ -53,6 +54,7 @@ RETRIED_ERRORS = (OperationalError, InterfaceError, IntegrityError)
 ProgressCallback = Callable[[Batch], None]
 
 
+@sensitive_variables("password")
 def batch_create(
     *,
     requested_by: User | None,
@@ -81,6 +83,7 @@ def batch_create(
     return batch
 
 
+@sensitive_variables("password")
 def batch_request(
     *,
     requested_by: User,
@@ -197,10 +200,10 @@ def batch_reopen(*, batch_id: int, reopened_by: User | None = None) -> Batch:
     """Make a failed or cancelled batch pending again, so new runs finish what is missing.
 
     A person reopening their own batch is held to their limit on active batches (a
-    ValidationError); staff and the operator are not.
+    ValidationError); those who may manage every batch, and the operator, are not.
     """
     with transaction.atomic():
-        if reopened_by is not None and not reopened_by.is_staff:
+        if reopened_by is not None and not reopened_by.has_perm("generator.change_batch"):
             # Their row locked, as in batch_request, so concurrent requests count one by one.
             User.objects.select_for_update().filter(pk=reopened_by.pk).exists()
             _active_limit_check(requested_by=reopened_by)

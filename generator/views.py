@@ -10,16 +10,17 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
 from django.core.paginator import InvalidPage, Page, Paginator
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import conf, queueing, selectors, services
+from . import conf, formatting, queueing, selectors, services
 from .forms import BatchForm
 from .models import Batch
 
@@ -54,6 +55,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return redirect("generator:generate")
 
 
+@sensitive_post_parameters("password")
 @login_required
 @permission_required(ADD_BATCH_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
@@ -68,9 +70,9 @@ def generate(request: HttpRequest) -> HttpResponse:
         except ValidationError as refusal:
             form.add_error(None, refusal)
         else:
-            # The same words whether Redis took the job now or the reconciler will later.
+            # True whenever it is read: the batch page itself tells where the batch is now.
             messages.success(
-                request, f"Batch #{batch.pk} queued: {batch.total} users, starting shortly."
+                request, f"Batch #{batch.pk} requested: {formatting.thousands(batch.total)} users."
             )
             return redirect(batch)
     return render(request, "generator/generate.html", {"form": form})
@@ -83,16 +85,19 @@ def batch_list(request: HttpRequest) -> HttpResponse:
     return render(request, "generator/batch_list.html", {"page": page})
 
 
+# The batch page's progress section alone, for its script to swap in: `?fragment=progress`.
+FRAGMENTS = {"progress": "generator/batch_detail.html#progress"}
+
+
 @login_required
 @require_GET
 def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
     return render(
         request,
-        "generator/batch_detail.html",
+        FRAGMENTS.get(request.GET.get("fragment", ""), "generator/batch_detail.html"),
         {
             "batch": batch,
-            "status": selectors.batch_status(batch),
             "can_manage": selectors.can_manage(request.user, batch),
         },
     )
@@ -158,11 +163,22 @@ class Echo:
         return value
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: a leading quote defuses a would-be formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_lines(header: list[str], rows: Iterator[tuple[Any, ...]]) -> Iterator[str]:
     writer = csv.writer(Echo())
     yield writer.writerow(header)
     for row in rows:
-        yield writer.writerow(row)
+        yield writer.writerow([csv_cell(value) for value in row])
 
 
 @login_required
@@ -233,6 +249,7 @@ def api_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpR
     return wrapper
 
 
+@sensitive_post_parameters()
 @api_login_required
 @api_methods("POST")
 def api_batch_create(request: HttpRequest) -> HttpResponse:
@@ -240,7 +257,10 @@ def api_batch_create(request: HttpRequest) -> HttpResponse:
         return json_error(403, "You may not generate users.")
     try:
         payload = json.loads(request.body)
-    except (UnicodeDecodeError, ValueError):
+    except RequestDataTooBig:
+        return json_error(413, "The body is too large: a batch is a small JSON object.")
+    # RecursionError: a deeply nested body, which no batch is.
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return json_error(400, 'The body must be a JSON object, like {"total": 100}.')
     if not isinstance(payload, dict):
         return json_error(400, 'The body must be a JSON object, like {"total": 100}.')

@@ -2,8 +2,10 @@
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from redis.exceptions import RedisError
+from rq.serializers import DefaultSerializer
 from rq.worker import HerokuWorker
 
 from . import queueing
@@ -13,7 +15,18 @@ class BatchWorker(HerokuWorker):
     """RQ's HerokuWorker (prompt stop on SIGTERM) that reconciles batches when it starts.
 
     A worker starting is the moment the previous one may have died: pick up its batches.
+    It runs only the app's own jobs (generator.rq_guard, installed when Django starts) and
+    refuses to start with pickle, which runs whatever code a job planted in Redis carries.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.serializer is DefaultSerializer:
+            # rqworker's default, when the command line names no --serializer.
+            raise ImproperlyConfigured(
+                "BatchWorker reads JSON only: run it with "
+                "--serializer rq.serializers.JSONSerializer"
+            )
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)

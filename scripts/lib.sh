@@ -142,13 +142,25 @@ ensure_venv() {
   local stamp="$VENV/.requirements-stamp" wanted
   wanted="$(requirements_checksum)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-    say "Installing the pinned requirements from PyPI (about 200 MB the first time)"
+    say "Installing the locked requirements from PyPI (about 90 MB the first time)"
     rm -f "$stamp"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt" ||
+    # The lock names every package with its hashes: nothing else, and nothing altered, goes in.
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes \
+      -r "$ROOT/requirements-dev.txt" ||
       die "pip could not install the requirements (see above); run this again once that is fixed."
     echo "$wanted" > "$stamp"
   fi
   export PATH="$VENV/bin:$PATH"
+}
+
+# The laptop's settings: a private, git-ignored .env with a random secret key and debug mode,
+# written once. The settings read it; what the environment sets wins over it.
+ensure_env_file() {
+  local env_file="${GENERATOR_ENV_FILE:-$ROOT/.env}" key
+  [ -f "$env_file" ] && return 0
+  key="$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(50))')"
+  say "Writing $env_file (a random DJANGO_SECRET_KEY, DJANGO_DEBUG=true) for this machine"
+  (umask 077 && printf 'DJANGO_SECRET_KEY=%s\nDJANGO_DEBUG=true\n' "$key" > "$env_file")
 }
 
 # --- Redis ------------------------------------------------------------------------------------

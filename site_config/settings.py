@@ -1,19 +1,28 @@
 """Settings for Generator, read once from the environment (12-factor).
 
-With no environment at all this is a laptop setup: debug mode, SQLite next to the code and a
-Redis on localhost. Production (DJANGO_DEBUG=false, the default on a Heroku dyno) refuses to
-start without a secret key.
+Production is the default: debug off, and no start without a secret key, on every platform. A
+laptop gets its configuration from a private, git-ignored `.env` that scripts/run and
+scripts/test write on first use (a random DJANGO_SECRET_KEY and DJANGO_DEBUG=true); the
+environment itself always wins over that file.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# GENERATOR_ENV_FILE names another file; set to an empty value, it reads none.
+ENV_FILE = os.environ.get("GENERATOR_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE:
+    load_dotenv(ENV_FILE, override=False)
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -42,17 +51,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return items or default
 
 
-# A laptop needs no configuration; a Heroku dyno (DYNO is set there) is production even when
-# DJANGO_DEBUG was forgotten. Elsewhere, production sets DJANGO_DEBUG=false.
-DEBUG = env_bool("DJANGO_DEBUG", "DYNO" not in os.environ)
+DEBUG = env_bool("DJANGO_DEBUG", False)
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+# Never a constant in the repository: a known key lets anyone forge sessions and messages.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "").strip()
 if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "Set DJANGO_SECRET_KEY (production), or DJANGO_DEBUG=true for a local run."
-        )
-    SECRET_KEY = "django-insecure-local-development-only"
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set: on a laptop run scripts/run or scripts/test once (they "
+        "write a private .env), in production set DJANGO_SECRET_KEY."
+    )
 
 ALLOWED_HOSTS = env_list(
     "DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else []
@@ -71,10 +78,13 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_rq",
+    "axes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "generator.security.DashboardCspMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -82,7 +92,46 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Every page: only the app's own scripts, styles and forms; no frames, plugins or <base>.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "object-src": [CSP.NONE],
+}
+# The django-rq dashboard's own templates carry inline scripts and styles (staff only).
+DASHBOARD_CSP = {
+    **SECURE_CSP,
+    "script-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+}
+
+# django-axes first: a locked-out login is refused before any password is hashed.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+# Per person and address: guessing one account is stopped, and nobody can lock others out.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "generator.security.client_ip"
+# How many proxies in front of the app append to X-Forwarded-For (Heroku's router: 1).
+GENERATOR_PROXY_COUNT = env_int("GENERATOR_PROXY_COUNT", 0, minimum=0)
+
+# Error pages and reports hide passwords inside URLs too (DATABASE_URL, REDIS_URL, RQ_QUEUES).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "generator.error_reports.CredentialsHidingFilter"
 
 ROOT_URLCONF = "site_config.urls"
 WSGI_APPLICATION = "site_config.wsgi.application"
@@ -247,9 +296,23 @@ LOGGING = {
         "console": {"class": "generator.log.InterruptibleStreamHandler", "formatter": "plain"}
     },
     "loggers": {
+        # A 500 in production leaves its traceback in the platform's log drain.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         "generator": {
             "handlers": ["console"],
             "level": os.environ.get("GENERATOR_LOG_LEVEL", "INFO"),
         },
     },
 }
+
+# An error tracker by one variable; off when unset. No personal data is sent.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "").strip()
+if SENTRY_DSN:
+    import sentry_sdk
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
+        send_default_pii=False,
+    )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import django_rq
 import pytest
@@ -15,6 +16,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 
 from generator.models import User
+
+from . import support
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 JSON_SERIALIZER = "rq.serializers.JSONSerializer"
 # The Procfile's worker as a real process, in burst mode: it drains the queue, then exits.
@@ -107,6 +113,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "site_config.settings",
+        "GENERATOR_ENV_FILE": "",
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": "tests-only-not-secret",
         "DJANGO_HTTPS": "false",
@@ -130,3 +137,90 @@ def pytest_runtest_makereport(
     report = yield
     item.stash.setdefault(phase_report_key, {})[report.when] = report
     return report
+
+
+# The browser tests' fixtures: a module starts the Procfile's processes and one Chromium once,
+# and gives each test a fresh browser context.
+
+
+@pytest.fixture(scope="module")
+def browser_platform(
+    django_db_setup: None, redis_connection: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[support.Platform]:
+    """Started once for the module: each test waits for the worker to be idle before it ends."""
+    env = subprocess_env(PORT=str(support.free_port()), **support.BROWSER_PLATFORM_ENV)
+    logs_dir = tmp_path_factory.mktemp("browser-platform")
+    with support.browser_platform_running(redis_connection, logs_dir, env) as platform:
+        yield platform
+
+
+@pytest.fixture(scope="module")
+def orm_beside_playwright() -> Iterator[None]:
+    """Let the tests use the ORM while Playwright's sync API is active.
+
+    Playwright's sync API keeps its asyncio loop marked as running in this thread, so Django
+    would refuse every query as if it came from async code. Nothing async touches the ORM here.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def chromium(orm_beside_playwright: None) -> Iterator[Browser]:
+    """Debian's Chromium (or CHROMIUM_PATH), never a browser downloaded by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    path = support.chromium_path()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=path, headless=True, args=support.CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(
+    chromium: Browser, browser_platform: support.Platform, request: pytest.FixtureRequest
+) -> Iterator[Page]:
+    """A fresh browser context per test; a failed test leaves test-artifacts/<test name>.png."""
+    context = chromium.new_context(base_url=browser_platform.base_url)
+    context.set_default_timeout(30_000)
+    opened = context.new_page()
+    try:
+        yield opened
+    finally:
+        reports = request.node.stash.get(phase_report_key, {})
+        if any(report.failed for report in reports.values()):
+            opened.screenshot(path=support.screenshot_path(request.node.name), full_page=True)
+        context.close()
+        # The database is emptied after each test: no job may still be writing to it.
+        support.wait_for(browser_platform.worker_is_idle, "the worker is idle")
+
+
+@pytest.fixture
+def person(django_user_model: type[User]) -> User:
+    """Someone allowed to generate users, with a password to type into the login form."""
+    made = django_user_model.objects.create_user("dana", "dana@example.org", support.PASSWORD)
+    made.user_permissions.add(Permission.objects.get(codename="add_batch"))
+    return made
+
+
+@pytest.fixture
+def staff_client(django_user_model: type[User]) -> Client:
+    """A staff member without the dashboard's permission."""
+    user = django_user_model.objects.create_user("sam", "sam@example.org", "unused", is_staff=True)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def dashboard_client(django_user_model: type[User]) -> Client:
+    """A staff member with the dashboard's permission (not a superuser)."""
+    user = django_user_model.objects.create_user("rue", "rue@example.org", "unused", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="use_rq_dashboard"))
+    client = Client()
+    client.force_login(user)
+    return client

@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+# Never a person's .env (it may name their own database): the tests set what they need.
+os.environ["GENERATOR_ENV_FILE"] = ""
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-secret")
 # Production-like, as CI and a platform run it; pages are tested with DEBUG off.
 os.environ.setdefault("DJANGO_DEBUG", "false")

@@ -72,8 +72,8 @@ def test_generate_users_wait_follows_a_real_worker_to_the_end(queue, run_worker)
     batch = Batch.objects.get()
     assert command.returncode == 0, stderr
     assert stdout.strip() == str(batch.pk)
-    assert "3000/3000 100%" in stderr
-    assert "3000 users created in" in stderr
+    assert "3,000/3,000 100%" in stderr
+    assert "3,000 users created in" in stderr
     assert User.objects.filter(batch=batch).count() == 3000
 
 

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from generator.models import Batch, User
 
 from .conftest import BURST_WORKER, subprocess_env
-from .test_processes import free_port, procfile
+from .support import free_port, procfile
 
 
 def app_json() -> dict:

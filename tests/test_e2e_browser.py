@@ -3,201 +3,29 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.contrib.auth.models import Permission
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-from redis import Redis
-from rq import Worker
+from playwright.sync_api import Page, expect
 
 from generator.models import Batch, User
 
-from .conftest import phase_report_key, subprocess_env
-from .test_processes import free_port, procfile, wait_until_up
+from .support import (
+    DEADLINE_SECONDS,
+    MAX_TOTAL,
+    MIN_TOTAL,
+    PAGE_SIZE,
+    Platform,
+    log_in,
+    screenshot_path,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PASSWORD = "a long enough test password"
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
-# Small chunks make many commits, so a big batch runs long enough to be watched and cancelled.
-CHUNK_SIZE = 50
-MAX_TOTAL = 100_000
-MIN_TOTAL = 50
-PAGE_SIZE = 50
 USERNAME = re.compile(r"user_[A-Za-z]{10}")
 BATCH_URL = re.compile(r"/batches/(\d+)/$")
-DEADLINE_SECONDS = 90
-
-
-@dataclass
-class Platform:
-    """The app served for real: gunicorn and rqworker, as the Procfile starts them."""
-
-    base_url: str
-    web: subprocess.Popen
-    worker: subprocess.Popen
-    redis: Redis
-
-    @contextmanager
-    def worker_paused(self) -> Iterator[None]:
-        """Freeze the worker (and its work horse) with SIGSTOP, so the page is seen first."""
-        os.killpg(self.worker.pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            os.killpg(self.worker.pid, signal.SIGCONT)
-
-    def worker_is_idle(self) -> bool:
-        workers = Worker.all(connection=self.redis)
-        return bool(workers) and all(worker.get_state() == "idle" for worker in workers)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def platform(
-    django_db_setup: None, redis_connection: Redis, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
-    """Started once for the module: each test waits for the worker to be idle before it ends."""
-    redis_connection.flushdb()
-    logs_dir = tmp_path_factory.mktemp("browser-platform")
-    port = free_port()
-    env = subprocess_env(
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-        GENERATOR_CHUNK_SIZE=str(CHUNK_SIZE),
-        GENERATOR_MIN_TOTAL=str(MIN_TOTAL),
-        GENERATOR_MAX_TOTAL=str(MAX_TOTAL),
-        GENERATOR_PAGE_SIZE=str(PAGE_SIZE),
-        GENERATOR_FANOUT_THRESHOLD=str(10 * MAX_TOTAL),
-        GENERATOR_MAX_USERS_PER_DAY=str(100 * MAX_TOTAL),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    )
-    # Only this process runs Playwright's event loop: the app must keep Django's guard.
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    commands = procfile()
-    run = {"cwd": settings.BASE_DIR, "env": env}
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], check=True, **run
-    )
-    subprocess.run(["bash", "-c", commands["release"]], check=True, capture_output=True, **run)
-    logs = {name: (logs_dir / f"{name}.log").open("w") for name in ("web", "worker")}
-    web, worker = (
-        subprocess.Popen(
-            ["bash", "-c", f"exec {commands[name]}"],
-            stdout=logs[name],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            **run,
-        )
-        for name in ("web", "worker")
-    )
-    started = Platform(f"http://127.0.0.1:{port}", web, worker, redis_connection)
-    try:
-        wait_until_up(f"{started.base_url}/healthz/", web)
-        wait_for(started.worker_is_idle, "the worker is ready", timeout=30)
-        yield started
-    finally:
-        for process in (web, worker):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        for name, log in logs.items():
-            log.close()
-            print(f"--- {name} log ---\n{(logs_dir / f'{name}.log').read_text()}")
-        redis_connection.flushdb()
-
-
-@pytest.fixture(scope="module")
-def orm_beside_playwright() -> Iterator[None]:
-    """Let the tests use the ORM while Playwright's sync API is active.
-
-    Playwright's sync API keeps its asyncio loop marked as running in this thread, so Django
-    would refuse every query as if it came from async code. Nothing async touches the ORM here.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def chromium(orm_beside_playwright: None) -> Iterator[Browser]:
-    """Debian's Chromium (or CHROMIUM_PATH), never a browser downloaded by Playwright."""
-    path = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-    if not os.access(path, os.X_OK):
-        pytest.fail(
-            f"No Chromium at {path}. Install it (apt install chromium) or set CHROMIUM_PATH; "
-            "scripts/test does both."
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=path, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-def screenshot_path(name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
-
-
-@pytest.fixture
-def page(chromium: Browser, platform: Platform, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A fresh browser context per test; a failed test leaves test-artifacts/<test name>.png."""
-    context = chromium.new_context(base_url=platform.base_url)
-    context.set_default_timeout(30_000)
-    opened = context.new_page()
-    try:
-        yield opened
-    finally:
-        reports = request.node.stash.get(phase_report_key, {})
-        if any(report.failed for report in reports.values()):
-            opened.screenshot(path=screenshot_path(request.node.name), full_page=True)
-        context.close()
-        # The database is emptied after each test: no job may still be writing to it.
-        wait_for(platform.worker_is_idle, "the worker is idle")
-
-
-@pytest.fixture
-def person(django_user_model: type[User]) -> User:
-    """Someone allowed to generate users, with a password to type into the login form."""
-    made = django_user_model.objects.create_user("dana", "dana@example.org", PASSWORD)
-    made.user_permissions.add(Permission.objects.get(codename="add_batch"))
-    return made
-
-
-def log_in(page: Page, person: User) -> None:
-    page.goto("/accounts/login/")
-    page.get_by_label("Username").fill(person.username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(lambda url: "/accounts/login/" not in url)
 
 
 def submit_batch(page: Page, total: int) -> int:
@@ -218,11 +46,11 @@ def outcome(page: Page) -> str:
 
 
 def test_a_batch_from_the_form_fills_its_progress_bar_live_without_a_reload(
-    page: Page, person: User, platform: Platform
+    page: Page, person: User, browser_platform: Platform
 ) -> None:
     log_in(page, person)
     # Paused, the worker cannot finish before the page is drawn: it must draw the progress live.
-    with platform.worker_paused():
+    with browser_platform.worker_paused():
         batch_id = submit_batch(page, 500)
         assert page.locator("#batch-progress").get_attribute("data-done") == "false"
         assert bar_value(page) == 0
@@ -240,12 +68,43 @@ def test_a_batch_from_the_form_fills_its_progress_bar_live_without_a_reload(
     page.screenshot(path=screenshot_path("batch-page"), full_page=True)
 
 
+def test_the_request_message_stays_true_once_the_batch_has_finished(
+    page: Page, person: User
+) -> None:
+    log_in(page, person)
+    batch_id = submit_batch(page, 50)
+    expect(page.locator('[data-field="outcome"]')).to_contain_text(
+        "50 users created in", timeout=DEADLINE_SECONDS * 1000
+    )
+
+    # Read after the batch ended, the banner must still be true: no "starting shortly".
+    expect(page.locator(".messages li")).to_have_text(f"Batch #{batch_id} requested: 50 users.")
+
+
+def test_live_progress_stops_with_a_message_once_the_session_has_ended(
+    page: Page, person: User, browser_platform: Platform
+) -> None:
+    log_in(page, person)
+    with browser_platform.worker_paused():
+        submit_batch(page, 500)
+        stopped = page.locator('[data-field="stopped"]')
+        assert stopped.is_hidden()
+        # Logged out elsewhere: the fragment now redirects to the login page, never swapped in.
+        page.context.clear_cookies()
+        expect(stopped).to_be_visible()
+        expect(stopped).to_have_text(
+            "Live progress stopped: reload the page (you may need to log in again)."
+        )
+        assert page.locator("#batch-progress").get_attribute("aria-busy") == "false"
+        assert page.get_by_role("heading", name="Log in").count() == 0
+
+
 def test_the_progress_bar_shows_intermediate_values_while_the_worker_creates_users(
-    page: Page, person: User, platform: Platform
+    page: Page, person: User, browser_platform: Platform
 ) -> None:
     total = 10_000
     log_in(page, person)
-    with platform.worker_paused():
+    with browser_platform.worker_paused():
         batch_id = submit_batch(page, total)
         assert bar_value(page) == 0
 
@@ -253,7 +112,7 @@ def test_the_progress_bar_shows_intermediate_values_while_the_worker_creates_use
         lambda: Batch.objects.get(pk=batch_id).created_count > 0, "the first chunk is committed"
     )
     # Held between two chunks' worth of progress, the page must catch up with the database.
-    with platform.worker_paused():
+    with browser_platform.worker_paused():
         created = Batch.objects.get(pk=batch_id).created_count
         assert 0 < created < total, "the batch finished before it could be watched"
         page.wait_for_function(
@@ -264,13 +123,15 @@ def test_the_progress_bar_shows_intermediate_values_while_the_worker_creates_use
 
     assert 0 < intermediate < total
     expect(page.locator('[data-field="outcome"]')).to_contain_text(
-        f"{total} users created in", timeout=DEADLINE_SECONDS * 1000
+        f"{total:,} users created in", timeout=DEADLINE_SECONDS * 1000
     )
     assert bar_value(page) == total
+    # The live figures are the server's own, thousands separators included.
+    assert page.locator('[data-field="created"]').inner_text() == "10,000"
 
 
 def test_see_these_users_lists_the_batch_page_by_page(
-    page: Page, person: User, platform: Platform
+    page: Page, person: User, browser_platform: Platform
 ) -> None:
     total = 2 * PAGE_SIZE + 20
     log_in(page, person)
@@ -335,11 +196,11 @@ def test_bad_totals_show_the_form_error_and_make_no_batch(
 
 
 def test_cancelling_a_running_batch_keeps_exactly_the_users_the_page_reports(
-    page: Page, person: User, platform: Platform
+    page: Page, person: User, browser_platform: Platform
 ) -> None:
     total = MAX_TOTAL
     log_in(page, person)
-    with platform.worker_paused():
+    with browser_platform.worker_paused():
         batch_id = submit_batch(page, total)
     page.wait_for_function(
         "() => document.querySelector('progress[data-field=\"bar\"]').value > 0",
@@ -349,17 +210,18 @@ def test_cancelling_a_running_batch_keeps_exactly_the_users_the_page_reports(
     with page.expect_navigation():
         page.get_by_role("button", name="Cancel batch").click()
 
-    kept = re.fullmatch(rf"Cancelled: (\d+) of {total} users were kept\.", outcome(page))
+    kept = re.fullmatch(rf"Cancelled: ([\d,]+) of {total:,} users were kept\.", outcome(page))
     assert kept, outcome(page)
-    wait_for(platform.worker_is_idle, "the worker has stopped the cancelled batch")
+    wait_for(browser_platform.worker_is_idle, "the worker has stopped the cancelled batch")
     batch = Batch.objects.get(pk=batch_id)
     assert batch.status == Batch.Status.CANCELLED
-    assert int(kept.group(1)) == batch.created_count == User.objects.filter(batch=batch).count()
+    reported = int(kept.group(1).replace(",", ""))
+    assert reported == batch.created_count == User.objects.filter(batch=batch).count()
     assert batch.created_count < total
 
 
 def test_realistic_seeded_batch_exports_as_csv_then_its_users_are_deleted_live(
-    page: Page, person: User, platform: Platform
+    page: Page, person: User, browser_platform: Platform
 ) -> None:
     total = 300
     log_in(page, person)
@@ -396,22 +258,22 @@ def test_realistic_seeded_batch_exports_as_csv_then_its_users_are_deleted_live(
 
 
 def test_a_cancelled_batch_resumed_from_its_page_ends_with_exactly_its_total(
-    page: Page, person: User, platform: Platform
+    page: Page, person: User, browser_platform: Platform
 ) -> None:
     total = 5_000
     log_in(page, person)
-    with platform.worker_paused():
+    with browser_platform.worker_paused():
         batch_id = submit_batch(page, total)
         # Cancelled before the worker could start: nothing was made, all of it is missing.
         with page.expect_navigation():
             page.get_by_role("button", name="Cancel batch").click()
-    assert outcome(page) == f"Cancelled: 0 of {total} users were kept."
-    wait_for(platform.worker_is_idle, "the worker has dropped the cancelled batch")
+    assert outcome(page) == f"Cancelled: 0 of {total:,} users were kept."
+    wait_for(browser_platform.worker_is_idle, "the worker has dropped the cancelled batch")
 
     with page.expect_navigation():
         page.get_by_role("button", name="Resume batch").click()
     expect(page.locator('[data-field="outcome"]')).to_contain_text(
-        f"{total} users created in", timeout=DEADLINE_SECONDS * 1000
+        f"{total:,} users created in", timeout=DEADLINE_SECONDS * 1000
     )
     batch = Batch.objects.get(pk=batch_id)
     assert batch.status == Batch.Status.FINISHED

@@ -40,7 +40,7 @@ from generator import queueing, selectors
 from generator.models import Batch, BatchChunk, User
 
 from .conftest import JSON_SERIALIZER, subprocess_env
-from .test_processes import free_port, procfile, session_browser, wait_until_up
+from .support import free_port, procfile, session_browser, wait_until_up
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -436,7 +436,8 @@ def test_form_posted_while_redis_is_down_says_queued_and_runs_once_redis_is_back
         pytest.fail(f"the form answered {error.code} with Redis down\n{fleet.log_text()}")
     batch = Batch.objects.get()
     assert url == f"{base_url}/batches/{batch.pk}/"
-    assert f"Batch #{batch.pk} queued: 432 users, starting shortly." in page
+    assert f"Batch #{batch.pk} requested: 432 users." in page
+    assert "Queued: it will start as soon as a worker is free." in page
     assert stored(batch).status == Batch.Status.PENDING
 
     private_redis.start()

@@ -16,6 +16,8 @@ from .conftest import BURST_WORKER, subprocess_env
 
 TOKEN = "a-long-random-metrics-token"
 METRICS = "/django-rq/metrics/"
+STATS = "/django-rq/stats.json"
+DASHBOARDS = ["/django-rq/", "/admin/django_rq/dashboard/"]
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -64,10 +66,63 @@ def test_an_unset_token_lets_no_one_in_by_token(settings, client, redis_connecti
 
 
 @pytest.mark.django_db
-def test_staff_read_the_metrics_with_their_session(settings, admin_client, redis_connection):
-    # django-rq's own rule: the dashboard's users need no token.
+def test_the_dashboards_users_read_the_metrics_with_their_session(
+    settings, admin_client, dashboard_client, staff_client, redis_connection
+):
     settings.RQ_API_TOKEN = TOKEN
-    assert admin_client.get(METRICS).status_code == 200
+    for path in (METRICS, STATS):
+        assert admin_client.get(path).status_code == 200, path
+        assert dashboard_client.get(path).status_code == 200, path
+        # The staff flag alone is not the dashboard's permission.
+        assert staff_client.get(path).status_code == 401, path
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("root", DASHBOARDS)
+def test_the_stats_answer_the_token_in_the_authorization_header(
+    settings, client, redis_connection, root
+):
+    settings.RQ_API_TOKEN = TOKEN
+
+    response = client.get(f"{root}stats.json", headers=bearer(TOKEN))
+
+    assert response.status_code == 200
+    assert [queue["name"] for queue in response.json()["queues"]] == ["default"]
+
+
+# django-rq's stats.json/<token>/ route is gone: /django-rq/ answers 404; the admin sends
+# anyone not logged in to its login page, as it does for every URL it does not know.
+URL_TOKEN_REFUSALS = [("/django-rq/", 404), ("/admin/django_rq/dashboard/", 302)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("root", "refusal"), URL_TOKEN_REFUSALS)
+def test_the_token_in_the_url_opens_nothing(
+    settings, client, staff_client, redis_connection, root, refusal
+):
+    # Access logs, proxies and browser history keep URLs. django-rq's route took \w+ only.
+    token = TOKEN.replace("-", "_")
+    settings.RQ_API_TOKEN = token
+
+    anonymous = client.get(f"{root}stats.json/{token}/")
+    staff = staff_client.get(f"{root}stats.json/{token}/")
+
+    assert anonymous.status_code == refusal
+    assert staff.status_code == 404
+    assert b"queues" not in anonymous.content + staff.content
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("root", "refusal"), URL_TOKEN_REFUSALS)
+def test_a_non_ascii_token_is_refused_not_a_server_error(
+    settings, client, redis_connection, root, refusal
+):
+    # django-rq 4.2 hands it to secrets.compare_digest, which raises on non-ASCII text: a 500.
+    settings.RQ_API_TOKEN = TOKEN
+
+    assert client.get(f"{root}stats.json/t\u00f6ken/").status_code == refusal
+    for path in (f"{root}stats.json", f"{root}metrics/"):
+        assert client.get(path, headers=bearer("t\u00f6ken")).status_code == 401, path
 
 
 @pytest.mark.django_db(transaction=True)

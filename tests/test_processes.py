@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import http.cookiejar
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,65 +18,16 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission
-from django.test import Client
 
 from generator import services
 from generator.models import Batch, User
 
 from .conftest import subprocess_env
+from .support import Browser, free_port, procfile, session_browser, wait_until_up
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
 PASSWORD = "a long enough test password"
-
-
-def procfile() -> dict[str, str]:
-    lines = (Path(settings.BASE_DIR) / "Procfile").read_text().splitlines()
-    return dict(line.split(": ", 1) for line in lines if line.strip())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Browser:
-    """Just enough of a browser: cookies, CSRF tokens from forms, JSON."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.cookies = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
-
-    def get(self, path: str) -> tuple[str, str]:
-        with self.opener.open(self.base_url + path, timeout=10) as response:
-            return response.geturl(), response.read().decode()
-
-    def post_form(self, path: str, fields: dict[str, str]) -> tuple[str, str]:
-        _, page = self.get(path)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-        data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token}).encode()
-        request = urllib.request.Request(
-            self.base_url + path, data=data, headers={"Referer": self.base_url + path}
-        )
-        with self.opener.open(request, timeout=10) as response:
-            return response.geturl(), response.read().decode()
-
-    def get_json(self, path: str) -> dict:
-        return json.loads(self.get(path)[1])
-
-
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{url}: the web process exited with {process.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"{url} did not answer within {timeout} s")
 
 
 @pytest.fixture
@@ -156,37 +104,6 @@ def test_procfile_web_and_worker_run_a_batch_over_http(platform, django_user_mod
         process.send_signal(signal.SIGTERM)
     for process in processes:
         assert process.wait(timeout=30) is not None
-
-
-def session_browser(base_url: str, user: User) -> Browser:
-    """A browser already logged in as `user` (a session made directly, no password hashing)."""
-    client = Client()
-    client.force_login(user)
-    browser = Browser(base_url)
-    host = urllib.parse.urlsplit(base_url).hostname
-    browser.cookies.set_cookie(
-        http.cookiejar.Cookie(
-            0,
-            settings.SESSION_COOKIE_NAME,
-            client.cookies[settings.SESSION_COOKIE_NAME].value,
-            None,
-            False,
-            host,
-            False,
-            False,
-            "/",
-            True,
-            False,
-            None,
-            False,
-            None,
-            None,
-            {},
-        )
-    )
-    # The CSRF cookie comes with the first page, as in a browser that has shown the app before.
-    browser.get("/generate/")
-    return browser
 
 
 def people(django_user_model: type[User], count: int) -> list[User]:

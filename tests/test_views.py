@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -125,7 +126,7 @@ def test_valid_generate_post_redirects_to_the_new_batch_page(
     assert batch.requested_by == generator_user
     assert batch.total == 60
     page = generator_client.get(response["Location"])
-    assert f"Batch #{batch.pk} queued: 60 users, starting shortly." in page.content.decode()
+    assert f"Batch #{batch.pk} requested: 60 users." in page.content.decode()
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_batch_page_of_a_pending_batch_says_it_is_queued(
     html = response.content.decode()
     assert f"Batch #{batch.pk}" in html
     assert "Queued" in html
-    assert reverse("generator:api_batch_detail", args=[batch.pk]) in html
+    assert f'data-fragment-url="{batch_url(batch)}?fragment=progress"' in html
 
 
 def test_batch_page_of_a_finished_batch_links_to_its_users(
@@ -405,7 +406,7 @@ def test_posting_while_redis_is_down_queues_the_batch_for_later(settings, genera
     assert response.status_code == 200
     assert response.redirect_chain == [(batch.get_absolute_url(), 302)]
     page = response.content.decode()
-    assert f"Batch #{batch.pk} queued: 50 users, starting shortly." in page
+    assert f"Batch #{batch.pk} requested: 50 users." in page
     assert "Queued: it will start as soon as a worker is free." in page
     assert batch.status == Batch.Status.PENDING
 
@@ -473,10 +474,11 @@ def test_staff_without_the_generate_permission_cannot_manage_another_persons_bat
     batch = services.batch_create(requested_by=generator_user, total=80)
     services.batch_cancel(batch_id=batch.pk)
     staff = django_user_model.objects.create_user("sam", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_batch"))
     client = Client()
     client.force_login(staff)
 
-    assert client.get(batch.get_absolute_url()).status_code == 200  # staff see every batch
+    assert client.get(batch.get_absolute_url()).status_code == 200  # may see every batch
     assert client.post(reverse("generator:batch_resume", args=[batch.pk])).status_code == 403
     batch.refresh_from_db()
     assert batch.status == Batch.Status.CANCELLED
@@ -502,3 +504,175 @@ def test_resuming_is_held_to_the_limit_on_active_batches(
     stopped.refresh_from_db()
     assert stopped.status == Batch.Status.CANCELLED
     assert "batches waiting or running" in response.content.decode()
+
+
+def finished_batch(requested_by: User, **fields: Any) -> Batch:
+    """A batch as the worker leaves it: 200,000 users made in 2 min 5 s."""
+    finished_at = timezone.now()
+    return Batch.objects.create(
+        requested_by=requested_by,
+        total=200_000,
+        created_count=200_000,
+        status=Batch.Status.FINISHED,
+        started_at=finished_at - timedelta(minutes=2, seconds=5),
+        finished_at=finished_at,
+        **fields,
+    )
+
+
+def test_the_progress_fragment_is_the_batch_pages_section_alone(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = finished_batch(generator_user)
+
+    response = generator_client.get(batch_url(batch), {"fragment": "progress"})
+
+    assert response.status_code == 200
+    html = response.content.decode().strip()
+    assert html.startswith('<section id="batch-progress"')
+    assert html.endswith("</section>")
+    assert 'data-done="true"' in html
+    assert "200,000 users created in 2 min 5 s." in html
+    assert "<html" not in html
+
+
+def test_a_batch_being_worked_on_says_so_in_its_fragment(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = services.batch_create(requested_by=generator_user, total=50)
+
+    html = generator_client.get(batch_url(batch), {"fragment": "progress"}).content.decode()
+
+    assert 'data-done="false"' in html
+    assert 'aria-busy="true"' in html
+    assert "Queued: it will start as soon as a worker is free." in html
+
+
+def test_the_progress_fragment_of_another_users_batch_is_a_404(
+    generator_client: Client, reader_user: User
+) -> None:
+    batch = services.batch_create(requested_by=reader_user, total=50)
+
+    assert generator_client.get(batch_url(batch), {"fragment": "progress"}).status_code == 404
+
+
+def test_the_progress_fragment_sends_an_anonymous_visitor_to_the_login_page(
+    client: Client, generator_user: User
+) -> None:
+    # The page's script stops polling on this redirect instead of swapping the login page in.
+    batch = services.batch_create(requested_by=generator_user, total=50)
+
+    response = client.get(batch_url(batch), {"fragment": "progress"})
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+def test_polling_the_fragment_leaves_the_request_message_for_the_page(
+    generator_client: Client,
+) -> None:
+    response = generator_client.post(GENERATE_URL, {"total": "60"})
+    batch = Batch.objects.get()
+
+    fragment = generator_client.get(response["Location"], {"fragment": "progress"})
+    page = generator_client.get(response["Location"])
+
+    assert "requested" not in fragment.content.decode()
+    assert f"Batch #{batch.pk} requested: 60 users." in page.content.decode()
+
+
+def test_the_request_message_shows_the_count_with_thousands_separators(
+    generator_client: Client, settings: Any
+) -> None:
+    settings.GENERATOR_MAX_TOTAL = settings.GENERATOR_MAX_USERS_PER_DAY = 200_000
+
+    response = generator_client.post(GENERATE_URL, {"total": "200000"}, follow=True)
+
+    batch = Batch.objects.get()
+    assert f"Batch #{batch.pk} requested: 200,000 users." in response.content.decode()
+
+
+def test_the_batch_page_shows_counts_speed_and_duration_as_people_read_them(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = finished_batch(generator_user)
+
+    html = generator_client.get(batch_url(batch)).content.decode()
+
+    assert "200,000 users asked by" in html
+    assert '<span data-field="created">200,000</span> of 200,000 (100%)' in html
+    assert "<dd>1,600 users/s</dd>" in html
+    assert "<dd>2 min 5 s</dd>" in html
+    assert "200,000 users created in 2 min 5 s." in html
+
+
+def test_the_batch_list_shows_counts_and_durations_as_people_read_them(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = finished_batch(generator_user)
+
+    html = generator_client.get(BATCH_LIST_URL).content.decode()
+
+    assert f'?batch={batch.pk}">200,000 of 200,000</a>' in html
+    assert "<td>2 min 5 s</td>" in html
+
+
+def test_the_users_list_counts_with_thousands_separators(
+    generator_client: Client, generator_user: User, settings: Any
+) -> None:
+    settings.GENERATOR_PAGE_SIZE = 1
+    users_of(services.batch_create(requested_by=generator_user, total=1_200), 1_200)
+
+    html = generator_client.get(USER_LIST_URL, {"page": "1000"}).content.decode()
+
+    assert "1,200 users, newest first." in html
+    assert "Page 1,000 of 1,200" in html
+    assert 'href="?page=1001"' in html
+
+
+def test_ids_in_links_and_names_keep_no_thousands_separator(
+    generator_client: Client, generator_user: User
+) -> None:
+    batch = finished_batch(generator_user, pk=12_345)
+    users_of(batch, 1)
+
+    batch_page = generator_client.get(batch_url(batch)).content.decode()
+    user_page = generator_client.get(USER_LIST_URL).content.decode()
+
+    assert "<h1>Batch #12345</h1>" in batch_page
+    assert 'href="/users/?batch=12345"' in batch_page
+    assert 'href="?batch=12345">#12345</a>' in user_page
+
+
+def test_every_page_writes_dates_in_one_format(
+    generator_client: Client, generator_user: User
+) -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    batch = finished_batch(generator_user, created_at=moment)
+    User.objects.filter(pk__in=[user.pk for user in users_of(batch, 1)]).update(date_joined=moment)
+    shown = f'<time datetime="{moment.isoformat()}">2026-01-02 03:04:05 UTC</time>'
+
+    for url in [
+        batch_url(batch),
+        BATCH_LIST_URL,
+        USER_LIST_URL,
+        reverse("generator:batch_delete_users", args=[batch.pk]),
+    ]:
+        assert shown in generator_client.get(url).content.decode(), url
+
+
+def test_a_form_error_of_no_one_field_is_announced_and_tied_to_the_form(client: Client) -> None:
+    response = client.post(reverse("login"), {"username": "nobody", "password": "wrong"})
+
+    html = response.content.decode()
+    assert '<form method="post" action="/accounts/login/" aria-describedby="form-errors">' in html
+    assert '<div class="form-errors" id="form-errors" role="alert">' in html
+    assert "<title>Error: Log in · Generator</title>" in html
+
+
+def test_a_field_error_is_read_with_its_field(generator_client: Client) -> None:
+    html = generator_client.post(GENERATE_URL, {"total": "1"}).content.decode()
+
+    assert 'aria-invalid="true" aria-describedby="id_total_helptext id_total_error"' in html
+    assert '<ul class="errorlist" id="id_total_error">' in html
+    assert "<title>Error: Generate users · Generator</title>" in html

@@ -6,6 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from generator import conf, queueing
+from generator.formatting import duration, thousands
 from generator.forms import BatchForm
 from generator.models import Batch
 
@@ -80,7 +81,8 @@ class Command(BaseCommand):
             rate = f"{batch.rate:,.0f} users/s" if batch.rate else "waiting for a worker"
             line = (
                 f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-                f"{batch.created_count}/{batch.total} {batch.percent:3d}% {rate}"
+                f"{thousands(batch.created_count)}/{thousands(batch.total)} "
+                f"{batch.percent:3d}% {rate}"
             )
             if line != last_line:
                 self.stderr.write(f"\r{line}" if interactive else line, ending="")
@@ -100,5 +102,6 @@ class Command(BaseCommand):
                 f"Batch {batch.pk} is {batch.get_status_display().lower()}: "
                 f"{batch.created_count} of {batch.total} users were created."
             )
-        seconds = batch.elapsed.total_seconds() if batch.elapsed else 0.0
-        self.stderr.write(f"{batch.created_count} users created in {seconds:.2f} s.")
+        self.stderr.write(
+            f"{thousands(batch.created_count)} users created in {duration(batch.elapsed or 0.0)}."
+        )

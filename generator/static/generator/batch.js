@@ -1,84 +1,67 @@
-// Keeps the batch page's progress section live by polling the batch's JSON status.
+// Keeps the batch page's progress section live: the server renders the section on its own
+// (?fragment=progress) and this swaps it in, so every sentence about the batch lives in the template.
 (function () {
   "use strict";
   const section = document.getElementById("batch-progress");
   if (!section || section.dataset.done === "true") return;
 
-  const field = (name) => section.querySelector(`[data-field="${name}"]`);
-  // A figure with its unit, or a dash alone when there is none (not "– s").
-  const figure = (value, unit) =>
-    value === null || value === undefined ? "–" : `${value} ${unit}`;
   const POLL_MS = 500;
   const RETRY_MS = 3000;
+  const SECTION_ATTRIBUTES = ["class", "data-done", "aria-busy"];
 
-  function render(batch) {
-    section.className = `progress status-${batch.status}`;
-    field("status_display").textContent = batch.status_display;
-    field("bar").value = batch.created;
-    field("bar").textContent = `${batch.percent}%`;
-    field("created").textContent = batch.created;
-    field("percent").textContent = batch.percent;
-    field("users_per_second").textContent = figure(batch.users_per_second, "users/s");
-    field("elapsed_seconds").textContent = figure(batch.elapsed_seconds, "s");
-    field("eta_seconds").textContent = figure(batch.eta_seconds, "s");
-
-    const outcome = field("outcome");
-    outcome.replaceChildren();
-    if (batch.status === "finished") {
-      outcome.append(`${batch.created} users created in ${batch.elapsed_seconds.toFixed(2)} s. `);
-      const link = document.createElement("a");
-      link.href = batch.users_url;
-      link.textContent = "See these users";
-      const csv = document.createElement("a");
-      csv.href = batch.csv_url;
-      csv.download = "";
-      csv.textContent = "Download them as CSV";
-      outcome.append(link, " ", csv);
-    } else if (batch.status === "failed") {
-      outcome.append(
-        `This batch failed: ${batch.failure_reason || "an unexpected error stopped it."} ` +
-          `${batch.created} of ${batch.total} users were created.`,
-      );
-    } else if (batch.status === "cancelled") {
-      outcome.append(`Cancelled: ${batch.created} of ${batch.total} users were kept.`);
-    } else if (batch.status === "pending") {
-      outcome.append("Queued: it will start as soon as a worker is free.");
-    } else if (batch.status === "deleting") {
-      outcome.append(
-        `Deleting the users: ${batch.deleted} of ${batch.created} deleted so far.`,
-      );
-    } else if (batch.status === "deleted") {
-      outcome.append(`${batch.deleted} users deleted.`);
+  // A part's markup without the CSRF token, which Django masks afresh in every response.
+  function signature(part) {
+    const copy = part.cloneNode(true);
+    for (const token of copy.querySelectorAll('[name="csrfmiddlewaretoken"]')) {
+      token.removeAttribute("value");
     }
-
-    const deleting = batch.status === "deleting" || batch.status === "deleted";
-    field("deletion").hidden = !deleting;
-    field("deleted_bar").value = batch.deleted_percent;
-    field("deleted_bar").textContent = `${batch.deleted_percent}%`;
+    return copy.outerHTML;
   }
 
-  function showActions(batch) {
-    for (const form of section.querySelectorAll("[data-show-when]")) {
-      form.hidden = !batch[form.dataset.showWhen];
+  // Only the parts that changed are replaced: a focused button that did not change keeps focus,
+  // and the live region (the section, which stays) announces only what is new.
+  function swap(fresh) {
+    for (const name of SECTION_ATTRIBUTES) {
+      section.setAttribute(name, fresh.getAttribute(name));
     }
+    const parts = Array.from(section.children);
+    const freshParts = Array.from(fresh.children);
+    if (parts.length !== freshParts.length) {
+      section.replaceChildren(...freshParts);
+      return;
+    }
+    freshParts.forEach((part, index) => {
+      if (signature(part) !== signature(parts[index])) parts[index].replaceWith(part);
+    });
+  }
+
+  function stop() {
+    section.querySelector('[data-field="stopped"]').hidden = false;
+    section.setAttribute("aria-busy", "false");
   }
 
   async function poll() {
     let delay = POLL_MS;
     try {
-      const response = await fetch(section.dataset.statusUrl, {
-        headers: { Accept: "application/json" },
+      const response = await fetch(section.dataset.fragmentUrl, {
+        headers: { Accept: "text/html" },
         credentials: "same-origin",
+        // A redirect means the session ended (to the login page): never swap that page in.
+        redirect: "manual",
       });
       if (response.ok) {
-        const batch = await response.json();
-        render(batch);
-        showActions(batch);
-        if (batch.done) return;
-      } else if (response.status < 500) {
+        const template = document.createElement("template");
+        template.innerHTML = await response.text();
+        const fresh = template.content.getElementById(section.id);
+        if (!fresh) {
+          stop();
+          return;
+        }
+        swap(fresh);
+        if (fresh.dataset.done === "true") return;
+      } else if (response.type === "opaqueredirect" || response.status < 500) {
         // Logged out, or the batch is gone: asking again cannot help, reloading may.
-        field("outcome").textContent =
-          "Live progress stopped: reload the page (you may need to log in again).";
+        stop();
         return;
       } else {
         delay = RETRY_MS;
