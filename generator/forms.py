@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 
 from . import conf
 from .formatting import thousands
+from .services import BatchOptions
 
 WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 # Past this many digits a number is out of any range we accept; checked before int() so a
@@ -66,8 +67,6 @@ class StrictBooleanField(forms.BooleanField):
 class BatchForm(forms.Form):
     """How many users to create, and optionally one password for all of them."""
 
-    SUBMITTED_FIELDS = ("total", "password", "idempotency_key", "realistic_names", "seed")
-
     password = forms.CharField(
         label="One password for all these accounts (optional)",
         required=False,
@@ -107,9 +106,16 @@ class BatchForm(forms.Form):
         )
         self.order_fields(["total", "password", "realistic_names", "seed", "idempotency_key"])
 
-    def batch_options(self) -> dict[str, Any]:
-        """The cleaned request, as keyword arguments for queueing.batch_submit."""
-        return {name: self.cleaned_data[name] for name in self.SUBMITTED_FIELDS}
+    def batch_options(self) -> BatchOptions:
+        """The cleaned request, as keyword arguments for use_cases.batch_submit."""
+        data = self.cleaned_data
+        return BatchOptions(
+            total=data["total"],
+            password=data["password"],
+            idempotency_key=data["idempotency_key"],
+            realistic_names=data["realistic_names"],
+            seed=data["seed"],
+        )
 
     def clean_password(self) -> str:
         password = self.cleaned_data["password"]

@@ -1,4 +1,8 @@
-"""RQ entry points: thin wrappers the worker runs around one service each."""
+"""RQ entry points: thin wrappers the worker runs around one use case each.
+
+RQ stores each job's function by its dotted path (generator.jobs.batch_run and so on) in
+Redis and in the cron registrations: these names are a contract with what is already queued.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,11 @@ import logging
 import uuid
 from typing import Any
 
-from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 from rq import get_current_job
-from rq.exceptions import ShutDownImminentException
 from rq.job import Job
-from rq.timeouts import JobTimeoutException
 
-from . import backups, conf, queueing, services
+from . import use_cases
 from .models import Batch
 
 logger = logging.getLogger(__name__)
@@ -28,46 +29,18 @@ def batch_run(batch_id: int) -> dict[str, Any]:
     def report(batch: Batch) -> None:
         _progress_show(job, batch.pk, created=batch.created_count, total=batch.total)
 
-    try:
-        batch = services.batch_generate_users(batch_id=batch_id, run_id=run_id, on_progress=report)
-    except ShutDownImminentException:
-        # A platform restart (SIGTERM): hand the chunks over and queue the rest for the next
-        # worker at once, instead of waiting for the leases to run out.
-        logger.warning("batch %s: worker shutting down, handing the batch over", batch_id)
-        # Raised by a signal handler, it may have cut a query short and left the connection
-        # in the middle of it: the hand-over needs a fresh one.
-        connection.close()
-        services.batch_release(batch_id=batch_id, run_id=run_id)
-        queueing.batch_enqueue(batch_id)
-        raise
-    except JobTimeoutException:
-        connection.close()  # raised by a signal handler too
-        services.batch_fail(
-            batch_id=batch_id, reason="The batch took longer than the job time limit allows."
-        )
-        raise
-    except DatabaseError:
-        logger.exception("batch %s: database error", batch_id)
-        connection.close()
-        services.batch_fail(
-            batch_id=batch_id, reason="The database was unavailable while creating users."
-        )
-        raise
-    except Exception:
-        logger.exception("batch %s: unexpected error", batch_id)
-        services.batch_fail(batch_id=batch_id, reason="An unexpected error stopped the batch.")
-        raise
+    batch = use_cases.batch_run(batch_id=batch_id, run_id=run_id, on_progress=report)
     return {"batch_id": batch.pk, "status": batch.status, "created": batch.created_count}
 
 
 def batches_reconcile() -> dict[str, Any]:
     """Enqueue runs for batches nothing is working on (scheduled, and at worker start)."""
-    return {"enqueued": queueing.batches_reconcile()}
+    return {"enqueued": use_cases.batches_reconcile()}
 
 
 def database_backup() -> dict[str, Any]:
     """Back the database up into the backup folder, keeping the newest few (RQ's cron runs it)."""
-    path = backups.backup_create(directory=conf.backup_dir(), keep=conf.backup_keep())
+    path = use_cases.database_backup()
     return {"path": str(path), "bytes": path.stat().st_size}
 
 
@@ -78,16 +51,7 @@ def batch_users_delete(batch_id: int) -> dict[str, Any]:
     def report(batch: Batch) -> None:
         _progress_show(job, batch.pk, deleted=batch.deleted_count, total=batch.created_count)
 
-    try:
-        batch = services.batch_users_delete(batch_id=batch_id, on_progress=report)
-    except ShutDownImminentException:
-        # Deleted chunks are committed: the next worker finishes what is left.
-        logger.warning(
-            "batch %s: worker shutting down, queueing the rest of the deletion", batch_id
-        )
-        connection.close()  # the signal may have cut a query short
-        queueing.batch_users_delete_enqueue(batch_id)
-        raise
+    batch = use_cases.batch_users_delete_run(batch_id=batch_id, on_progress=report)
     return {"batch_id": batch.pk, "status": batch.status, "deleted": batch.deleted_count}
 
 

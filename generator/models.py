@@ -1,12 +1,33 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.db.models import F, QuerySet
 from django.urls import reverse
 from django.utils import timezone
+
+
+class BatchQuerySet(QuerySet["Batch"]):
+    """Batches by the status groups that Batch defines."""
+
+    def active(self) -> BatchQuerySet:
+        return self.filter(status__in=Batch.ACTIVE_STATUSES)
+
+    def resumable(self) -> BatchQuerySet:
+        """Failed or cancelled before reaching their total."""
+        return self.filter(status__in=Batch.RESUMABLE_STATUSES, created_count__lt=F("total"))
+
+    def deletable(self) -> BatchQuerySet:
+        """Whose users may be deleted: ended, or being deleted already (so that a deletion
+        whose job was lost can be asked for again)."""
+        return self.filter(status__in={*Batch.ENDED_STATUSES, Batch.Status.DELETING})
+
+    def deleting(self) -> BatchQuerySet:
+        return self.filter(status=Batch.Status.DELETING)
 
 
 class Batch(models.Model):
@@ -21,6 +42,16 @@ class Batch(models.Model):
         # Undo: the batch's users are being deleted, then are gone. The counts stay as history.
         DELETING = "deleting", "Deleting users"
         DELETED = "deleted", "Users deleted"
+
+    # The groups of statuses the rules speak of, each spelled out here only.
+    # Generating: a run may be working on the batch, which can be cancelled.
+    ACTIVE_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.PENDING, Status.RUNNING})
+    # Stopped short: resumable while users are missing.
+    RESUMABLE_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.FAILED, Status.CANCELLED})
+    # Generation over and the users still there: they can be deleted.
+    ENDED_STATUSES: ClassVar[frozenset[str]] = frozenset({Status.FINISHED, *RESUMABLE_STATUSES})
+    # Nothing works on the batch any more: its page stops polling.
+    DONE_STATUSES: ClassVar[frozenset[str]] = frozenset({*ENDED_STATUSES, Status.DELETED})
 
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -52,6 +83,8 @@ class Batch(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = BatchQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "batches"
@@ -71,38 +104,17 @@ class Batch(models.Model):
         return reverse("generator:batch_detail", args=[self.pk])
 
     @property
-    def job_id(self) -> str:
-        """The id of the batch's latest RQ job (its first before any is enqueued)."""
-        return self.last_job_id or self.job_id_for(1)
-
-    def job_id_for(self, number: int) -> str:
-        # Ours, not RQ's: django-rq enqueues on commit and returns no job inside a transaction.
-        return f"batch-{self.pk}" if number == 1 else f"batch-{self.pk}-{number}"
-
-    @property
-    def delete_job_id(self) -> str:
-        # One id for every request: a repeated request replaces a job that finished or died.
-        return f"batch-{self.pk}-delete"
-
-    @property
     def is_done(self) -> bool:
         """Nothing is working on the batch any more: its page stops polling."""
-        return self.status in {
-            self.Status.FINISHED,
-            self.Status.FAILED,
-            self.Status.CANCELLED,
-            self.Status.DELETED,
-        }
+        return self.status in self.DONE_STATUSES
 
     @property
     def is_generating(self) -> bool:
-        return self.status in {self.Status.PENDING, self.Status.RUNNING}
+        return self.status in self.ACTIVE_STATUSES
 
     @property
     def can_resume(self) -> bool:
-        return self.status in {self.Status.FAILED, self.Status.CANCELLED} and (
-            self.created_count < self.total
-        )
+        return self.status in self.RESUMABLE_STATUSES and self.created_count < self.total
 
     @property
     def can_cancel(self) -> bool:
@@ -110,7 +122,7 @@ class Batch(models.Model):
 
     @property
     def can_delete_users(self) -> bool:
-        return self.status in {self.Status.FINISHED, self.Status.FAILED, self.Status.CANCELLED}
+        return self.status in self.ENDED_STATUSES
 
     @property
     def percent(self) -> int:

@@ -24,7 +24,8 @@ REFUSAL = "refused: generator runs only its own jobs"
 CALLBACK_KINDS = ("success", "failure", "stopped")
 
 # rq's own members, which the guarded ones call once a job has passed.
-_rq_func = Job.func
+# A property at run time; its stub says a method.
+_rq_func: property = Job.func  # type: ignore[assignment]
 _rq_send_webhooks = Job.send_webhooks
 _allowed: frozenset[str] = frozenset()
 
@@ -65,7 +66,7 @@ def _guarded_func(job: Job) -> Callable[..., Any] | None:
     if reason:
         logger.error("job %s %s", job.id, reason)
         raise JobRefused(reason)
-    return _rq_func.fget(job)
+    return _rq_func.__get__(job)
 
 
 def _refused_callback(kind: str) -> property:
@@ -95,7 +96,11 @@ def install(job_functions: Iterable[Callable[..., Any]]) -> None:
     Job.func = property(_guarded_func)  # type: ignore[method-assign, assignment]
     for kind in CALLBACK_KINDS:
         setattr(Job, f"{kind}_callback", _refused_callback(kind))
-    Job.send_webhooks = _guarded_send_webhooks  # type: ignore[method-assign]
-    # resolve_serializer(None) returns this module global: every caller that names no
-    # serializer now reads and writes JSON. Asking for pickle by name still gets pickle.
-    rq.serializers.PickleSerializer = rq.serializers.JSONSerializer  # type: ignore[misc]
+    Job.send_webhooks = _guarded_send_webhooks  # type: ignore[method-assign, assignment]
+    # No pickle in this process, whoever asks: rq falls back to DefaultSerializer wherever a
+    # caller names none (django-rq's views, rq's registries, `rqworker` and `rqworker-pool`
+    # without --serializer), and "pickle" is an alias any command line may pass.
+    json = rq.serializers.JSONSerializer
+    rq.serializers.DefaultSerializer.dumps = staticmethod(json.dumps)
+    rq.serializers.DefaultSerializer.loads = staticmethod(json.loads)
+    rq.serializers.SERIALIZER_ALIASES["pickle"] = json

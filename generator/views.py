@@ -1,4 +1,4 @@
-"""HTTP only: parse, call one service or selector, then redirect or render."""
+"""HTTP only: parse, call one use case or selector, then redirect or render."""
 
 from __future__ import annotations
 
@@ -20,11 +20,17 @@ from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import conf, formatting, queueing, selectors, services
+from . import conf, formatting, selectors, serializers, use_cases
 from .forms import BatchForm
-from .models import Batch
+from .models import Batch, User
 
 ADD_BATCH_PERMISSION = selectors.ADD_BATCH_PERMISSION
+
+
+class AuthenticatedRequest(HttpRequest):
+    """A request past login_required (or api_login_required): its user is never anonymous."""
+
+    user: User
 
 
 def paginate(request: HttpRequest, items: QuerySet[Any]) -> Page:
@@ -59,14 +65,11 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(ADD_BATCH_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
-def generate(request: HttpRequest) -> HttpResponse:
+def generate(request: AuthenticatedRequest) -> HttpResponse:
     form = BatchForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            batch = queueing.batch_submit(
-                requested_by=request.user,
-                **form.batch_options(),
-            )
+            batch = use_cases.batch_submit(requested_by=request.user, **form.batch_options())
         except ValidationError as refusal:
             form.add_error(None, refusal)
         else:
@@ -80,7 +83,7 @@ def generate(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def batch_list(request: HttpRequest) -> HttpResponse:
+def batch_list(request: AuthenticatedRequest) -> HttpResponse:
     page = paginate(request, selectors.batches_visible_to(request.user))
     return render(request, "generator/batch_list.html", {"page": page})
 
@@ -91,7 +94,7 @@ FRAGMENTS = {"progress": "generator/batch_detail.html#progress"}
 
 @login_required
 @require_GET
-def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
+def batch_detail(request: AuthenticatedRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
     return render(
         request,
@@ -103,7 +106,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     )
 
 
-def managed_batch(request: HttpRequest, batch_id: int) -> Batch:
+def managed_batch(request: AuthenticatedRequest, batch_id: int) -> Batch:
     batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
     if not selectors.can_manage(request.user, batch):
         raise PermissionDenied
@@ -112,8 +115,8 @@ def managed_batch(request: HttpRequest, batch_id: int) -> Batch:
 
 @login_required
 @require_POST
-def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
-    batch = services.batch_cancel(batch_id=managed_batch(request, batch_id).pk)
+def batch_cancel(request: AuthenticatedRequest, batch_id: int) -> HttpResponse:
+    batch = use_cases.batch_cancel(batch_id=managed_batch(request, batch_id).pk)
     if batch.status == Batch.Status.CANCELLED:
         messages.success(request, f"Batch #{batch.pk} cancelled; users already made are kept.")
     else:
@@ -123,10 +126,10 @@ def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def batch_resume(request: HttpRequest, batch_id: int) -> HttpResponse:
+def batch_resume(request: AuthenticatedRequest, batch_id: int) -> HttpResponse:
     batch = managed_batch(request, batch_id)
     try:
-        batch = queueing.batch_resume(batch_id=batch.pk, resumed_by=request.user)
+        batch = use_cases.batch_resume(batch_id=batch.pk, resumed_by=request.user)
     except ValidationError as refusal:
         messages.error(request, " ".join(refusal.messages))
         return redirect(batch)
@@ -139,13 +142,13 @@ def batch_resume(request: HttpRequest, batch_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def batch_delete_users(request: HttpRequest, batch_id: int) -> HttpResponse:
+def batch_delete_users(request: AuthenticatedRequest, batch_id: int) -> HttpResponse:
     """GET asks for confirmation; POST records the request and queues the deletion."""
     batch = managed_batch(request, batch_id)
     if request.method == "GET":
         return render(request, "generator/batch_delete_users.html", {"batch": batch})
     try:
-        batch = queueing.batch_users_delete_submit(batch_id=batch.pk)
+        batch = use_cases.batch_users_delete_submit(batch_id=batch.pk)
     except ValidationError as refusal:
         messages.error(request, " ".join(refusal.messages))
     else:
@@ -183,8 +186,10 @@ def csv_lines(header: list[str], rows: Iterator[tuple[Any, ...]]) -> Iterator[st
 
 @login_required
 @require_GET
-def batch_users_csv(request: HttpRequest, batch_id: int) -> HttpResponse:
+def batch_users_csv(request: AuthenticatedRequest, batch_id: int) -> StreamingHttpResponse:
     batch = get_object_or_404(selectors.batches_visible_to(request.user), pk=batch_id)
+    if not selectors.can_read_accounts_of(request.user, batch):
+        raise Http404("No such batch.")
     # Streamed: a batch of a million accounts never sits in memory, in Django or the browser.
     response = StreamingHttpResponse(
         csv_lines(selectors.EXPORT_COLUMNS, selectors.batch_users_export_rows(batch)),
@@ -196,7 +201,7 @@ def batch_users_csv(request: HttpRequest, batch_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def user_list(request: HttpRequest) -> HttpResponse:
+def user_list(request: AuthenticatedRequest) -> HttpResponse:
     batch_id = parse_id(request.GET.get("batch"))
     batch = None
     if batch_id is not None:
@@ -252,7 +257,7 @@ def api_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpR
 @sensitive_post_parameters()
 @api_login_required
 @api_methods("POST")
-def api_batch_create(request: HttpRequest) -> HttpResponse:
+def api_batch_create(request: AuthenticatedRequest) -> HttpResponse:
     if not request.user.has_perm(ADD_BATCH_PERMISSION):
         return json_error(403, "You may not generate users.")
     try:
@@ -268,22 +273,19 @@ def api_batch_create(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return json_error(400, "Invalid batch.", form.errors.get_json_data())
     try:
-        batch = queueing.batch_submit(
-            requested_by=request.user,
-            **form.batch_options(),
-        )
+        batch = use_cases.batch_submit(requested_by=request.user, **form.batch_options())
     except ValidationError as refusal:
         return json_error(429, " ".join(refusal.messages))
-    response = JsonResponse(selectors.batch_status(batch), status=202)
+    response = JsonResponse(serializers.batch_status(batch), status=202)
     response["Location"] = batch.get_absolute_url()
     return response
 
 
 @api_login_required
 @api_methods("GET", "HEAD")
-def api_batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
+def api_batch_detail(request: AuthenticatedRequest, batch_id: int) -> HttpResponse:
     try:
         batch = selectors.batches_visible_to(request.user).get(pk=batch_id)
     except Batch.DoesNotExist:
         return json_error(404, "No such batch.")
-    return JsonResponse(selectors.batch_status(batch))
+    return JsonResponse(serializers.batch_status(batch))

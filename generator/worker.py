@@ -8,7 +8,7 @@ from redis.exceptions import RedisError
 from rq.serializers import DefaultSerializer
 from rq.worker import HerokuWorker
 
-from . import queueing
+from . import use_cases
 
 
 class BatchWorker(HerokuWorker):
@@ -31,7 +31,7 @@ class BatchWorker(HerokuWorker):
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
         try:
-            enqueued = queueing.batches_reconcile()
+            enqueued = use_cases.batches_reconcile()
         except RedisError:
             self.log.warning("batch reconcile skipped: Redis unreachable", exc_info=True)
         else:

@@ -1,5 +1,10 @@
 """Settings for Generator, read once from the environment (12-factor).
 
+Every default lives here, and every check of what the environment gives: a bad value stops
+start-up, in every process, with one line naming the variable (manage.py prints
+ImproperlyConfigured so). generator/conf.py gives the app typed names for the GENERATOR_ settings
+and holds no default or rule of its own.
+
 Production is the default: debug off, and no start without a secret key, on every platform. A
 laptop gets its configuration from a private, git-ignored `.env` that scripts/run and
 scripts/test write on first use (a random DJANGO_SECRET_KEY and DJANGO_DEBUG=true); the
@@ -13,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import dj_database_url
+from croniter import croniter
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 from dotenv import load_dotenv
@@ -43,6 +49,10 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}.")
     return number
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -252,7 +262,11 @@ if REDIS_URL.startswith("rediss://"):
     # Heroku Data for Redis serves TLS with a self-signed certificate.
     cert_reqs = os.environ.get("REDIS_SSL_CERT_REQS", "none")
     RQ_QUEUE["SSL_CERT_REQS"] = None if cert_reqs == "none" else cert_reqs
-RQ_QUEUES = {"default": RQ_QUEUE}
+# The app's jobs (batches, reconcile, backups) go to this queue. "default" stays as well, for
+# django-rq's own commands; a worker serves only the queues its command names (the Procfile's:
+# "default"), so another name here needs a worker command that names it.
+GENERATOR_QUEUE = env_str("GENERATOR_QUEUE", "default")
+RQ_QUEUES = {"default": RQ_QUEUE, GENERATOR_QUEUE: RQ_QUEUE}
 RQ = {"COMMIT_MODE": "on_db_commit"}
 RQ_SHOW_ADMIN_LINK = True
 RQ_API_TOKEN = os.environ.get("RQ_API_TOKEN", "")
@@ -260,7 +274,10 @@ RQ_API_TOKEN = os.environ.get("RQ_API_TOKEN", "")
 GENERATOR_MIN_TOTAL = env_int("GENERATOR_MIN_TOTAL", 50, minimum=1)
 GENERATOR_MAX_TOTAL = env_int("GENERATOR_MAX_TOTAL", 500)
 if GENERATOR_MAX_TOTAL < GENERATOR_MIN_TOTAL:
-    raise ImproperlyConfigured("GENERATOR_MAX_TOTAL must be at least GENERATOR_MIN_TOTAL.")
+    raise ImproperlyConfigured(
+        f"GENERATOR_MAX_TOTAL must be at least GENERATOR_MIN_TOTAL ({GENERATOR_MIN_TOTAL}), "
+        f"not {GENERATOR_MAX_TOTAL}."
+    )
 GENERATOR_CLI_MAX_TOTAL = env_int("GENERATOR_CLI_MAX_TOTAL", 10_000_000, minimum=1)
 GENERATOR_CHUNK_SIZE = env_int("GENERATOR_CHUNK_SIZE", 5_000, minimum=1)
 GENERATOR_JOB_TIMEOUT = env_int("GENERATOR_JOB_TIMEOUT", 6 * 60 * 60, minimum=1)
@@ -280,13 +297,15 @@ GENERATOR_MAX_ACTIVE_BATCHES_PER_USER = env_int(
 )
 GENERATOR_MAX_USERS_PER_DAY = env_int("GENERATOR_MAX_USERS_PER_DAY", 100_000)
 # Backups by RQ's cron scheduler (Procfile `cron:`) or `manage.py backup_now`.
-GENERATOR_BACKUP_DIR = Path(
-    os.environ.get("GENERATOR_BACKUP_DIR", "").strip() or BASE_DIR / "backups"
-)
-GENERATOR_BACKUP_KEEP = env_int("GENERATOR_BACKUP_KEEP", 24)
-if GENERATOR_BACKUP_KEEP < 1:
-    raise ImproperlyConfigured("GENERATOR_BACKUP_KEEP must be at least 1.")
-GENERATOR_BACKUP_CRON = os.environ.get("GENERATOR_BACKUP_CRON", "").strip() or "0 * * * *"
+GENERATOR_BACKUP_DIR = Path(env_str("GENERATOR_BACKUP_DIR", str(BASE_DIR / "backups")))
+GENERATOR_BACKUP_KEEP = env_int("GENERATOR_BACKUP_KEEP", 24, minimum=1)
+GENERATOR_BACKUP_CRON = env_str("GENERATOR_BACKUP_CRON", "0 * * * *")
+# RQ's cron scheduler logs a bad expression and goes on without the job: a typo must stop
+# start-up (the release phase first) instead of silently stopping the backups.
+if not croniter.is_valid(GENERATOR_BACKUP_CRON):
+    raise ImproperlyConfigured(
+        f"GENERATOR_BACKUP_CRON must be a cron expression, not {GENERATOR_BACKUP_CRON!r}."
+    )
 
 LOGGING = {
     "version": 1,
@@ -315,4 +334,9 @@ if SENTRY_DSN:
         dsn=SENTRY_DSN,
         environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
         send_default_pii=False,
+        # Local variables carry the database's connection parameters and a batch's shared
+        # password (Sentry scrubs names, not the keys inside a dict), and a request body the
+        # password field: neither leaves the process.
+        include_local_variables=False,
+        max_request_body_size="never",
     )

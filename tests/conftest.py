@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import django_rq
 import pytest
@@ -19,22 +17,57 @@ from generator.models import User
 
 from . import support
 
+# BURST_WORKER is here too for the modules that still import it from conftest; new code takes
+# it, like every helper, from tests.support.
+from .support import BURST_WORKER, JSON_SERIALIZER, subprocess_env  # noqa: F401
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-JSON_SERIALIZER = "rq.serializers.JSONSerializer"
-# The Procfile's worker as a real process, in burst mode: it drains the queue, then exits.
-BURST_WORKER = [
-    sys.executable,
-    "manage.py",
-    "rqworker",
-    "default",
-    "--burst",
-    "--serializer",
-    JSON_SERIALIZER,
-    "--worker-class",
-    "generator.worker.BatchWorker",
-]
+# The tiers, told apart by what a test touches: the system tier starts the app's real processes
+# or a browser; the integration tier uses the database or Redis in this process; the rest are unit
+# tests. `scripts/test --fast` leaves the system tier out.
+SYSTEM_MARKERS = {"processes", "browser"}
+INTEGRATION_FIXTURES = {"db", "transactional_db", "redis_connection"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier: `unit`, `integration` or `system`."""
+    for item in items:
+        marked = {marker.name for marker in item.iter_markers()}
+        if marked & SYSTEM_MARKERS:
+            item.add_marker(pytest.mark.system)
+        elif "django_db" in marked or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture
+def fast_settings(settings: Any) -> None:
+    """Speed only, no behaviour under test: a module opts in with
+    `pytest.mark.usefixtures("fast_settings")`.
+
+    Each create_user would spend ~0.35 s in PBKDF2, and each new test Client would have WhiteNoise
+    index every static file (~50 ms).
+    """
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.WHITENOISE_AUTOREFRESH = True
+
+
+@pytest.fixture(autouse=True)
+def marked_settings(request: pytest.FixtureRequest) -> None:
+    """The values of a `with_settings(NAME=value, ...)` marker, for its test or module.
+
+    A test's own marker wins over its module's.
+    """
+    markers = list(request.node.iter_markers("with_settings"))
+    if not markers:
+        return
+    overridden = request.getfixturevalue("settings")
+    for marker in reversed(markers):
+        for name, value in marker.kwargs.items():
+            setattr(overridden, name, value)
 
 
 @pytest.fixture(scope="session")
@@ -98,32 +131,6 @@ def reader_client(reader_user: User) -> Client:
     client = Client()
     client.force_login(reader_user)
     return client
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for a real web or worker process that shares the test database and Redis."""
-    database = settings.DATABASES["default"]
-    if database["ENGINE"] == "django.db.backends.sqlite3":
-        database_url = f"sqlite:///{database['NAME']}"
-    else:
-        host, port = database["HOST"] or "localhost", database["PORT"] or 5432
-        database_url = (
-            f"postgres://{database['USER']}:{database['PASSWORD']}@{host}:{port}/{database['NAME']}"
-        )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "site_config.settings",
-        "GENERATOR_ENV_FILE": "",
-        "DJANGO_DEBUG": "false",
-        "DJANGO_SECRET_KEY": "tests-only-not-secret",
-        "DJANGO_HTTPS": "false",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": settings.TEST_REDIS_URL,
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.update(extra)
-    return env
 
 
 phase_report_key = pytest.StashKey[dict[str, pytest.TestReport]]()

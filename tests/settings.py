@@ -12,12 +12,13 @@ os.environ.setdefault("DJANGO_HTTPS", "false")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 
 from site_config.settings import *  # noqa: F403
-from site_config.settings import RQ_QUEUE
+from site_config.settings import RQ_QUEUES as SITE_QUEUES
 
 # Never a person's data: the test runner makes its own database (test_<name>), and the queue
 # lives in a Redis DB index of its own, flushed by the tests.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-RQ_QUEUES = {"default": {**RQ_QUEUE, "URL": TEST_REDIS_URL}}
+# Every queue the settings define (GENERATOR_QUEUE's too), each on that index.
+RQ_QUEUES = {name: {**queue, "URL": TEST_REDIS_URL} for name, queue in SITE_QUEUES.items()}
 
 # Manifest storage needs collectstatic; pages rendered in-process don't.
 STORAGES = {

@@ -8,7 +8,6 @@ reconciles only when it starts, so a hand-made batch keeps the state it was made
 from __future__ import annotations
 
 import re
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +19,7 @@ from playwright.sync_api import Page, Route, expect
 
 from generator.models import Batch, User
 
-from .support import DEADLINE_SECONDS, PAGE_SIZE, Platform, log_in_directly
+from .support import PAGE_SIZE, Platform, log_in_directly, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -71,10 +70,13 @@ def open_batch_page(page: Page, batch: Batch) -> None:
     page.goto(batch.get_absolute_url())
     if batch.is_done:
         return
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while len(polls) < 2:
-        assert time.monotonic() < deadline, "the page never polled its progress twice"
-        page.wait_for_timeout(20)
+    # Playwright's sync API answers the route only while it is called: wait through it.
+    wait_for(
+        lambda: len(polls) >= 2,
+        "the page polled its progress twice",
+        interval=0.02,
+        sleep=lambda seconds: page.wait_for_timeout(seconds * 1000),
+    )
 
 
 @pytest.fixture

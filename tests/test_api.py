@@ -12,7 +12,7 @@ from rq import Queue
 from generator import services
 from generator.models import Batch, User
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_settings")]
 
 CREATE_URL = reverse("generator:api_batch_create")
 
@@ -20,14 +20,6 @@ WHOLE_NUMBER = "Enter a whole number, like 100."
 REQUIRED = "Say how many users to create."
 AT_LEAST_50 = "greater than or equal to 50"
 AT_MOST_500 = "less than or equal to 500"
-
-
-@pytest.fixture(autouse=True)
-def fast_settings(settings: Any) -> None:
-    # Speed only, no behaviour under test: each create_user would spend ~0.35 s in PBKDF2, and
-    # each new test Client would have WhiteNoise index every static file (~50 ms).
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.WHITENOISE_AUTOREFRESH = True
 
 
 def detail_url(batch_id: int) -> str:

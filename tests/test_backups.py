@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,10 +21,10 @@ from redis import Redis
 from rq import Queue
 from rq.cron import get_cron_job_ids
 
-from generator import backups, queueing
+from generator import backups, use_cases
 from generator.models import Batch, User
 
-from .conftest import BURST_WORKER, subprocess_env
+from .support import start_process, stop_process, subprocess_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -186,6 +186,7 @@ def test_a_failing_pg_dump_reports_its_own_error_and_leaves_no_file(backup_dir, 
     assert list(backup_dir.iterdir()) == []
 
 
+@pytest.mark.processes
 def test_a_bad_backup_schedule_stops_the_cron_process_instead_of_dropping_the_job(settings):
     env = subprocess_env(GENERATOR_BACKUP_CRON="every hour")
     cron = subprocess.run(
@@ -202,45 +203,31 @@ def test_a_bad_backup_schedule_stops_the_cron_process_instead_of_dropping_the_jo
 
 
 @pytest.fixture
-def cron_process(settings, queue: Queue, tmp_path: Path) -> Iterator[subprocess.Popen]:
+def cron_process(queue: Queue, tmp_path: Path) -> Iterator[subprocess.Popen]:
     """The Procfile's `cron:` process, backing up every second instead of every hour."""
-    log = (tmp_path / "cron.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "rqcron", "generator.cron"],
-        cwd=settings.BASE_DIR,
-        env=subprocess_env(
-            # croniter's sixth field is the second.
-            GENERATOR_BACKUP_CRON="* * * * * *",
-            GENERATOR_BACKUP_DIR=str(tmp_path / "cron-process-backups"),
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    env = subprocess_env(
+        # croniter's sixth field is the second.
+        GENERATOR_BACKUP_CRON="* * * * * *",
+        GENERATOR_BACKUP_DIR=str(tmp_path / "cron-process-backups"),
     )
+    process = start_process("cron", env, tmp_path / "cron.log")
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        stop_process(process)
         print(f"--- cron log ---\n{(tmp_path / 'cron.log').read_text()}")
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.1)
-
-
+@pytest.mark.processes
 def test_the_cron_process_enqueues_backups_a_real_worker_makes_and_the_dashboard_lists(
     cron_process, redis_connection: Redis, queue, run_worker, backup_dir, admin_client: Client
 ):
     users_make(7)
     wait_for(
         lambda: get_cron_job_ids("database_backup", redis_connection),
-        "the cron process enqueued no backup",
+        "the cron process enqueued a backup",
+        30,
+        interval=0.1,
     )
 
     dashboard = admin_client.get("/django-rq/")
@@ -291,19 +278,13 @@ def backup_rows(path: Path, table: str) -> list[dict[str, str]]:
     return [dict(zip(names, line.split("\t"), strict=True)) for line in dump[start:end]]
 
 
+@pytest.mark.processes
 def test_backups_taken_while_a_worker_writes_are_consistent_snapshots(
     settings, queue, backup_dir, tmp_path
 ):
     settings.GENERATOR_CHUNK_SIZE = 500
-    batch = queueing.batch_submit(requested_by=None, total=30_000, enforce_limits=False)
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        BURST_WORKER,
-        cwd=settings.BASE_DIR,
-        env=subprocess_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    batch = use_cases.batch_submit(requested_by=None, total=30_000, enforce_limits=False)
+    worker = start_process("worker", subprocess_env(), tmp_path / "worker.log", ["--burst"])
     # Backups of one second share a name: move each aside to check them all.
     snapshots = tmp_path / "snapshots"
     snapshots.mkdir()
@@ -311,8 +292,9 @@ def test_backups_taken_while_a_worker_writes_are_consistent_snapshots(
     try:
         wait_for(
             lambda: Batch.objects.filter(pk=batch.pk, created_count__gt=0).exists(),
-            "the worker created no users",
-            timeout=60,
+            "the worker created users",
+            60,
+            interval=0.1,
         )
         while worker.poll() is None and len(taken) < 12:
             path = backups.backup_create(directory=backup_dir, keep=100)
@@ -320,10 +302,7 @@ def test_backups_taken_while_a_worker_writes_are_consistent_snapshots(
             time.sleep(0.1)
         assert worker.wait(timeout=120) == 0, (tmp_path / "worker.log").read_text()
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        log.close()
+        stop_process(worker)
 
     seen = []
     for path in taken:

@@ -1,4 +1,4 @@
-"""The shipped benchmark in --quick mode: every figure measured, no scratch storage left behind."""
+"""The benchmark (python -m benchmark) in --quick mode: every figure measured, no scratch left."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from django.conf import settings
 from redis import Redis
 
-from generator.benchmark import bench_redis_url
+from benchmark.scratch import bench_redis_url
 
-from .conftest import subprocess_env
+from .support import subprocess_env
 
 pytestmark = pytest.mark.processes
 
@@ -52,13 +52,13 @@ def postgres_databases() -> set[str]:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    """Run `manage.py benchmark --quick` once as a real process; its JSON and its table."""
+    """Run `python -m benchmark --quick` once as a real process; its JSON and its table."""
     json_path = tmp_path_factory.mktemp("benchmark") / "quick.json"
     # The benchmark makes its own scratch database on the test run's server (never the tests'
     # database itself) and takes its own Redis DB index next to the tests' one.
     env = subprocess_env(REDIS_URL=settings.TEST_REDIS_URL)
     result = subprocess.run(
-        [sys.executable, "manage.py", "benchmark", "--quick", "--json", str(json_path)],
+        [sys.executable, "-m", "benchmark", "--quick", "--json", str(json_path)],
         cwd=settings.BASE_DIR,
         env=env,
         capture_output=True,

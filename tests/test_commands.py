@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 from io import StringIO
 from pathlib import Path
 
@@ -8,9 +7,10 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from generator import queueing
 from generator.models import Batch, User
 
-from .conftest import subprocess_env
+from .support import subprocess_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,7 +21,7 @@ def test_generate_users_enqueues_and_prints_the_batch_id(queue):
     batch = Batch.objects.get()
     assert out.getvalue().strip() == str(batch.pk)
     assert batch.total == 1234
-    assert queue.fetch_job(batch.job_id).args == [batch.pk]
+    assert queue.fetch_job(queueing.batch_job_id(batch)).args == [batch.pk]
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,7 @@ def test_generate_users_records_who_asked(queue, generator_user):
         call_command("generate_users", "60", "--requested-by", "nobody", stdout=StringIO())
 
 
+@pytest.mark.processes
 def test_generate_users_wait_follows_a_real_worker_to_the_end(queue, run_worker):
     command = subprocess.Popen(
         [sys.executable, "manage.py", "generate_users", "3000", "--wait", "--poll-interval", "0.1"],
@@ -58,12 +59,13 @@ def test_generate_users_wait_follows_a_real_worker_to_the_end(queue, run_worker)
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def enqueued() -> bool:
+        assert command.poll() is None, command.communicate()
+        return Batch.objects.exists()
+
     try:
-        deadline = time.monotonic() + 30
-        while not Batch.objects.exists():
-            assert command.poll() is None, command.communicate()
-            assert time.monotonic() < deadline, "the command enqueued nothing"
-            time.sleep(0.05)
+        wait_for(enqueued, "the command enqueued a batch", 30)
         run_worker()
         stdout, stderr = command.communicate(timeout=30)
     finally:
@@ -77,6 +79,7 @@ def test_generate_users_wait_follows_a_real_worker_to_the_end(queue, run_worker)
     assert User.objects.filter(batch=batch).count() == 3000
 
 
+@pytest.mark.processes
 def test_generate_users_reads_the_shared_password_from_stdin(queue, run_worker):
     command = subprocess.run(
         [sys.executable, "manage.py", "generate_users", "50", "--password-stdin"],

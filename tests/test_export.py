@@ -14,17 +14,14 @@ from django.urls import reverse
 from generator import services
 from generator.models import Batch, User
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("fast_settings"),
+    pytest.mark.with_settings(GENERATOR_CHUNK_SIZE=25),
+]
 
 SHARED_PASSWORD = "a long enough shared password"
 HEADER = ["username", "email", "first_name", "last_name", "date_joined"]
-
-
-@pytest.fixture(autouse=True)
-def fast_settings(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.WHITENOISE_AUTOREFRESH = True
-    settings.GENERATOR_CHUNK_SIZE = 25
 
 
 def csv_url(batch: Batch) -> str:

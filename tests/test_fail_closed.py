@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -32,8 +31,10 @@ from django.http import HttpRequest
 from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils.safestring import mark_safe
+from django.views.debug import ExceptionReporter
+from django.views.decorators.debug import sensitive_variables
 
-from .support import free_port, procfile, wait_until_up
+from .support import bare_environment, free_port, manage, procfile, wait_for, wait_until_up
 
 # The key that an earlier version of the settings used whenever none was set.
 THE_REPOSITORYS_OLD_KEY = "django-insecure-local-development-only"
@@ -46,29 +47,7 @@ EMPTY_DATABASE_URL = f"sqlite://generator:{DATABASE_PASSWORD}@/{EMPTY_DATABASE}"
 REDIS_URL_WITH_PASSWORD = f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/15"
 
 
-def bare_environment(**env: str) -> dict[str, str]:
-    """A platform's environment: none of our variables but `env`, and no .env file."""
-    ours = ("DJANGO_", "GENERATOR_", "DATABASE_URL", "REDIS_URL", "DYNO", "SENTRY_")
-    clean = {key: value for key, value in os.environ.items() if not key.startswith(ours)}
-    return {
-        **clean,
-        "DJANGO_SETTINGS_MODULE": "site_config.settings",
-        "GENERATOR_ENV_FILE": "",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        **env,
-    }
-
-
-def manage(*arguments: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", *arguments],
-        cwd=settings.BASE_DIR,
-        env={**bare_environment(), **env},
-        capture_output=True,
-        text=True,
-    )
-
-
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "platform",
     [{}, {"DJANGO_DEBUG": "false"}, {"DJANGO_DEBUG": "true"}, {"DYNO": "web.1"}],
@@ -82,6 +61,20 @@ def test_no_command_starts_without_a_secret_key_and_one_line_names_the_fix(platf
     assert "scripts/run" in check.stderr
 
 
+@pytest.mark.processes
+def test_every_model_change_has_its_migration(tmp_path: Path):
+    check = manage(
+        "makemigrations",
+        "--check",
+        "--dry-run",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3",
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No changes detected" in check.stdout
+
+
+@pytest.mark.processes
 def test_gunicorn_refuses_to_serve_without_a_secret_key():
     web = subprocess.run(
         ["bash", "-c", f"exec {procfile()['web']}"],
@@ -95,6 +88,7 @@ def test_gunicorn_refuses_to_serve_without_a_secret_key():
     assert "DJANGO_SECRET_KEY is not set" in web.stderr
 
 
+@pytest.mark.processes
 def test_debug_is_off_unless_asked_for(tmp_path: Path):
     settings_seen = manage(
         "shell",
@@ -107,6 +101,7 @@ def test_debug_is_off_unless_asked_for(tmp_path: Path):
     assert settings_seen.stdout.strip().endswith("False")
 
 
+@pytest.mark.processes
 def test_the_env_file_the_scripts_write_is_private_random_and_kept(tmp_path: Path):
     env_file = tmp_path / "laptop.env"
     write = [
@@ -165,7 +160,9 @@ def test_a_messages_cookie_forged_with_the_old_repository_key_is_ignored():
 
 
 @contextmanager
-def serving(command: str, log: Path | None = None, **env: str) -> Iterator[str]:
+def serving(
+    command: str, log: Path | None = None, database_url: str = EMPTY_DATABASE_URL, **env: str
+) -> Iterator[str]:
     """A Procfile web command serving on a free port, with a database that has no tables."""
     port = free_port()
     output = (log or Path(os.devnull)).open("w")
@@ -173,14 +170,16 @@ def serving(command: str, log: Path | None = None, **env: str) -> Iterator[str]:
         ["bash", "-c", f"exec {command}"],
         cwd=settings.BASE_DIR,
         env=bare_environment(
-            PORT=str(port),
-            WEB_CONCURRENCY="1",
-            DJANGO_HTTPS="false",
-            DJANGO_ALLOWED_HOSTS="127.0.0.1",
-            DATABASE_URL=EMPTY_DATABASE_URL,
-            REDIS_URL=REDIS_URL_WITH_PASSWORD,
-            PYTHONUNBUFFERED="1",
-            **env,
+            **{
+                "PORT": str(port),
+                "WEB_CONCURRENCY": "1",
+                "DJANGO_HTTPS": "false",
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+                "DATABASE_URL": database_url,
+                "REDIS_URL": REDIS_URL_WITH_PASSWORD,
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            }
         ),
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -208,6 +207,7 @@ def error_page(base_url: str) -> str:
     return error.value.read().decode()
 
 
+@pytest.mark.processes
 def test_a_production_error_page_shows_nothing_of_the_settings():
     with serving(procfile()["web"], DJANGO_SECRET_KEY=secrets.token_urlsafe(50)) as base_url:
         page = error_page(base_url)
@@ -217,6 +217,7 @@ def test_a_production_error_page_shows_nothing_of_the_settings():
     assert DATABASE_PASSWORD not in page
 
 
+@pytest.mark.processes
 def test_even_the_debug_page_hides_the_passwords_inside_urls():
     development_server = (Path(settings.BASE_DIR) / "Procfile.dev").read_text()
     web = next(line.split(": ", 1)[1] for line in development_server.splitlines() if line)
@@ -238,6 +239,7 @@ def test_even_the_debug_page_hides_the_passwords_inside_urls():
     assert re.search(r"redis://\*+@127\.0\.0\.1:6379/15", page)
 
 
+@pytest.mark.processes
 def test_a_production_error_leaves_its_traceback_in_the_log(tmp_path: Path):
     log = tmp_path / "web.log"
     with serving(procfile()["web"], log, DJANGO_SECRET_KEY=secrets.token_urlsafe(50)) as base_url:
@@ -266,21 +268,68 @@ class SentryIngest(http.server.BaseHTTPRequestHandler):
         pass
 
 
+# A PostgreSQL server that is not there: the driver's connection parameters, password
+# included, sit in the local variables of the frames that raise.
+UNREACHABLE_POSTGRES_URL = f"postgres://generator:{DATABASE_PASSWORD}@127.0.0.1:1/generator"
+
+
+@pytest.mark.processes
 def test_sentry_dsn_sends_a_production_error_to_the_tracker():
     ingest = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SentryIngest)
     threading.Thread(target=ingest.serve_forever, daemon=True).start()
     dsn = f"http://publickey@127.0.0.1:{ingest.server_address[1]}/1"
     try:
         with serving(
-            procfile()["web"], DJANGO_SECRET_KEY=secrets.token_urlsafe(50), SENTRY_DSN=dsn
+            procfile()["web"],
+            database_url=UNREACHABLE_POSTGRES_URL,
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+            SENTRY_DSN=dsn,
         ) as base_url:
             error_page(base_url)
-            deadline = time.monotonic() + 20
-            while not any(b"OperationalError" in body for body in SentryIngest.received):
-                assert time.monotonic() < deadline, "nothing reached the error tracker"
-                time.sleep(0.1)
+            wait_for(
+                lambda: any(b"OperationalError" in body for body in SentryIngest.received),
+                "the error reached the tracker",
+                timeout=20,
+            )
     finally:
         ingest.shutdown()
     sent = b"".join(SentryIngest.received)
     assert REDIS_PASSWORD.encode() not in sent
     assert DATABASE_PASSWORD.encode() not in sent
+
+
+@pytest.mark.processes
+def test_the_debug_page_hides_the_drivers_connection_password_and_a_query_string_password():
+    redis_password_in_query = "redis-query-pass-" + secrets.token_hex(6)
+    with serving(
+        procfile()["web"],
+        database_url=UNREACHABLE_POSTGRES_URL,
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DJANGO_DEBUG="true",
+        REDIS_URL=f"redis://127.0.0.1:6379/15?password={redis_password_in_query}",
+    ) as base_url:
+        page = error_page(base_url)
+    assert "OperationalError" in page  # the debug page, with psycopg's frames and their locals
+    assert "conn_params" in page
+    assert DATABASE_PASSWORD not in page
+    assert redis_password_in_query not in page
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["debug", "production"])
+def test_a_batchs_shared_password_is_hidden_from_the_report_in_debug_mode_too(settings, debug):
+    settings.DEBUG = debug
+    shared = "shared-password-" + secrets.token_hex(6)
+
+    @sensitive_variables("password")
+    def batch_submit(*, password: str) -> None:
+        payload = {"total": 50, "password": password}
+        raise RuntimeError(f"failed with {len(payload)} fields")
+
+    try:
+        batch_submit(password=shared)
+    except RuntimeError as error:
+        # From the decorated call down: this test's own frame holds the password in the clear.
+        below_this_test = error.__traceback__.tb_next if error.__traceback__ else None
+        report = ExceptionReporter(None, RuntimeError, error, below_this_test).get_traceback_html()
+    assert "failed with 2 fields" in report
+    assert shared not in report

@@ -16,8 +16,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 import urllib.error
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
@@ -36,11 +33,20 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job
 
-from generator import queueing, selectors
+from generator import queueing, reconciler, use_cases
 from generator.models import Batch, BatchChunk, User
 
-from .conftest import JSON_SERIALIZER, subprocess_env
-from .support import free_port, procfile, session_browser, wait_until_up
+from .support import (
+    JSON_SERIALIZER,
+    collect_static,
+    free_port,
+    poll,
+    session_browser,
+    start_process,
+    subprocess_env,
+    wait_for,
+    wait_until_up,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -60,14 +66,8 @@ TOTAL = 40_000
 ONE_RUN = 10**9
 
 
-def wait_for(
-    condition: Callable[[], object], timeout: float, explain: Callable[[], str] = lambda: ""
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still waiting after {timeout} s: {explain()}")
-        time.sleep(0.02)
+# Faults are timed against a run in full flight: look often.
+POLL_SECONDS = 0.02
 
 
 def process_table() -> dict[int, tuple[int, int]]:
@@ -133,7 +133,7 @@ def stall_until_alarm(pid: int) -> None:
     """
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: alarm_pending(pid), 30)
+        wait_for(lambda: alarm_pending(pid), "its alarm is due", 30, interval=POLL_SECONDS)
     finally:
         os.kill(pid, signal.SIGCONT)
 
@@ -172,15 +172,15 @@ class PrivateRedis:
             start_new_session=True,
         )
         client = Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
+
+        def answers() -> bool:
             try:
-                client.ping()
-                break
+                return bool(client.ping())
             except RedisError:
                 assert self.process.poll() is None, "redis-server exited at start"
-                assert time.monotonic() < deadline, "redis-server did not answer within 20 s"
-                time.sleep(0.05)
+                return False
+
+        wait_for(answers, "redis-server answers", 20)
         client.close()
 
     def crash(self) -> None:
@@ -201,34 +201,29 @@ class Fleet:
         self.directory = directory
         self.tag = uuid.uuid4().hex
         self.env = {**env, TAG_VARIABLE: self.tag}
-        self.commands = procfile()
         self.logs: list[Path] = []
 
     def start(self, name: str, **env: str) -> subprocess.Popen:
         log = self.directory / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
-        with log.open("w") as output:
-            return subprocess.Popen(
-                ["bash", "-c", f"exec {self.commands[name]}"],
-                cwd=django_settings.BASE_DIR,
-                env={**self.env, **env},
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        return start_process(name, {**self.env, **env}, log)
 
     def log_text(self) -> str:
         return "\n".join(f"--- {log.name} ---\n{log.read_text()}" for log in self.logs)
+
+    def wait_for(self, condition: Callable[[], object], what: str, timeout: float) -> None:
+        """support.wait_for, with every log of the fleet in the failure."""
+        wait_for(condition, what, timeout, explain=self.log_text, interval=POLL_SECONDS)
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        self.wait_for(lambda: text in self.log_text(), f"a log says {text!r}", timeout)
 
     def stop_all(self) -> None:
         for pid in tagged_processes(self.tag):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in tagged_processes(self.tag)):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        # No failure if one lingers: the test has had its say, the teardown only tidies up.
+        poll(lambda: not any(alive(pid) for pid in tagged_processes(self.tag)), 10)
 
 
 @pytest.fixture
@@ -261,7 +256,6 @@ def fleet(private_redis: PrivateRedis, tmp_path: Path) -> Iterator[Fleet]:
         GENERATOR_LEASE_SECONDS="2",
         GENERATOR_RECONCILE_GRACE_SECONDS="1",
         GENERATOR_RECONCILE_INTERVAL_SECONDS="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
     fleet = Fleet(tmp_path, env)
     try:
@@ -297,10 +291,30 @@ def finished(batch: Batch) -> Callable[[], bool]:
     return check
 
 
+def batch_under_way(fleet: Fleet, **env: str) -> tuple[subprocess.Popen, Batch]:
+    """A worker started with `env`, and a big batch it has begun to make."""
+    worker = fleet.start("worker", **env)
+    batch = use_cases.batch_submit(requested_by=None, total=TOTAL)
+    fleet.wait_for(made_some(batch), "the batch made its first users", 60)
+    return worker, batch
+
+
+def finishes_exactly(fleet: Fleet, batch: Batch, timeout: float = 120) -> None:
+    fleet.wait_for(finished(batch), f"batch {batch.pk} finished", timeout)
+    assert_exactly_made(batch, fleet.log_text)
+
+
+def assert_the_worker_goes_on(fleet: Fleet, worker: subprocess.Popen) -> None:
+    """After the fault, the same worker makes a later batch, exactly."""
+    later = use_cases.batch_submit(requested_by=None, total=3_000)
+    finishes_exactly(fleet, later, 60)
+    assert worker.poll() is None
+
+
 def reconciler_would_take(batch: Batch) -> Callable[[], bool]:
     """The reconciler's own question: no live lease left, nothing enqueued lately."""
     return lambda: (
-        selectors.batches_without_a_live_run(quiet_since=timezone.now() - timedelta(seconds=1))
+        reconciler.batches_without_a_live_run(quiet_since=timezone.now() - timedelta(seconds=1))
         .filter(pk=batch.pk)
         .exists()
     )
@@ -309,43 +323,43 @@ def reconciler_would_take(batch: Batch) -> Callable[[], bool]:
 def test_worker_and_work_horse_killed_with_sigkill_a_new_worker_finishes_exactly(
     fleet: Fleet,
 ) -> None:
-    worker = fleet.start("worker")
-    batch = queueing.batch_submit(requested_by=None, total=TOTAL)
-    wait_for(made_some(batch), 60, fleet.log_text)
+    worker, batch = batch_under_way(fleet)
 
     horse = work_horse_of(worker.pid)
     assert horse is not None, fleet.log_text()
     os.kill(horse, signal.SIGKILL)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
-    wait_for(lambda: not alive(horse), 10)
+    wait_for(lambda: not alive(horse), "the work horse is gone", 10, interval=POLL_SECONDS)
     committed = stored(batch).created_count
     assert 0 < committed < TOTAL
     assert User.objects.filter(batch=batch).count() == committed
 
     # A dead run's chunk is free once its lease runs out; the new worker's start finds it.
-    wait_for(reconciler_would_take(batch), 30)
+    wait_for(
+        reconciler_would_take(batch),
+        "the reconciler would take the batch",
+        30,
+        interval=POLL_SECONDS,
+    )
     fleet.start("worker")
-    wait_for(finished(batch), 120, fleet.log_text)
-
-    assert_exactly_made(batch, fleet.log_text)
+    finishes_exactly(fleet, batch)
     assert stored(batch).jobs_enqueued == 2
 
 
 def test_work_horse_killed_like_the_oom_killer_the_batch_still_ends_exactly(fleet: Fleet) -> None:
     worker = fleet.start("worker")
     fleet.start("cron")
-    batch = queueing.batch_submit(requested_by=None, total=TOTAL)
-    wait_for(made_some(batch), 60, fleet.log_text)
+    batch = use_cases.batch_submit(requested_by=None, total=TOTAL)
+    fleet.wait_for(made_some(batch), "the batch made its first users", 60)
 
     horse = work_horse_of(worker.pid)
     assert horse is not None, fleet.log_text()
     os.kill(horse, signal.SIGKILL)
-    wait_for(lambda: not alive(horse), 10)
+    wait_for(lambda: not alive(horse), "the work horse is gone", 10, interval=POLL_SECONDS)
     assert stored(batch).created_count < TOTAL
 
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
+    finishes_exactly(fleet, batch)
     assert stored(batch).jobs_enqueued >= 2
     assert worker.poll() is None, "the worker itself survives its work horse"
 
@@ -354,17 +368,15 @@ def test_sigterm_stops_the_worker_within_30_s_and_the_next_worker_finishes_exact
     fleet: Fleet,
 ) -> None:
     # Long leases and grace: only the stopping run's hand-over can get the batch going again.
-    worker = fleet.start(
-        "worker", GENERATOR_LEASE_SECONDS="600", GENERATOR_RECONCILE_GRACE_SECONDS="600"
+    worker, batch = batch_under_way(
+        fleet, GENERATOR_LEASE_SECONDS="600", GENERATOR_RECONCILE_GRACE_SECONDS="600"
     )
-    batch = queueing.batch_submit(requested_by=None, total=TOTAL)
-    wait_for(made_some(batch), 60, fleet.log_text)
     horse = work_horse_of(worker.pid)
     assert horse is not None, fleet.log_text()
 
     worker.send_signal(signal.SIGTERM)
     # HerokuWorker gives the job 6 s more before it raises ShutDownImminentException in it.
-    wait_for(lambda: "raising ShutDownImminentException in" in fleet.log_text(), 30)
+    fleet.wait_for_log("raising ShutDownImminentException in", 30)
     stall_until_alarm(horse)
     try:
         worker.wait(timeout=30)
@@ -376,15 +388,14 @@ def test_sigterm_stops_the_worker_within_30_s_and_the_next_worker_finishes_exact
     assert not BatchChunk.objects.filter(batch=batch, lease_owner__gt="").exists()
 
     fleet.start("worker", GENERATOR_LEASE_SECONDS="600", GENERATOR_RECONCILE_GRACE_SECONDS="600")
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
+    finishes_exactly(fleet, batch)
     assert stored(batch).jobs_enqueued == 2
 
 
 def test_redis_restarted_while_a_batch_waits_in_the_queue_the_reconciler_saves_it(
     fleet: Fleet, private_redis: PrivateRedis
 ) -> None:
-    batch = queueing.batch_submit(requested_by=None, total=5_000)
+    batch = use_cases.batch_submit(requested_by=None, total=5_000)
     assert rq_queue().job_ids == [f"batch-{batch.pk}"]
 
     private_redis.restart()
@@ -392,8 +403,7 @@ def test_redis_restarted_while_a_batch_waits_in_the_queue_the_reconciler_saves_i
     fleet.start("worker")
     fleet.start("cron")
 
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
+    finishes_exactly(fleet, batch)
     assert stored(batch).jobs_enqueued >= 2
 
 
@@ -402,28 +412,22 @@ def test_redis_restarted_while_a_batch_runs_the_batch_still_ends_exactly(
 ) -> None:
     fleet.start("worker")
     fleet.start("cron")
-    batch = queueing.batch_submit(requested_by=None, total=TOTAL)
-    wait_for(made_some(batch), 60, fleet.log_text)
+    batch = use_cases.batch_submit(requested_by=None, total=TOTAL)
+    fleet.wait_for(made_some(batch), "the batch made its first users", 60)
 
     private_redis.crash()
     # Down long enough for the run to find it gone, then back empty, as after a restart.
-    wait_for(lambda: "progress not reported" in fleet.log_text(), 60, fleet.log_text)
+    fleet.wait_for_log("progress not reported", 60)
     private_redis.start()
 
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
+    finishes_exactly(fleet, batch)
 
 
 def test_form_posted_while_redis_is_down_says_queued_and_runs_once_redis_is_back(
     fleet: Fleet, private_redis: PrivateRedis, generator_user: User
 ) -> None:
     port = free_port()
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-        cwd=django_settings.BASE_DIR,
-        env=fleet.env,
-        check=True,
-    )
+    collect_static(fleet.env)
     web = fleet.start("web", PORT=str(port), WEB_CONCURRENCY="1")
     base_url = f"http://127.0.0.1:{port}"
     wait_until_up(f"{base_url}/healthz/", web)
@@ -447,7 +451,7 @@ def test_form_posted_while_redis_is_down_says_queued_and_runs_once_redis_is_back
     def done_for_the_person() -> bool:
         return browser.get_json(f"/api/batches/{batch.pk}/")["status"] == "finished"
 
-    wait_for(done_for_the_person, 120, fleet.log_text)
+    fleet.wait_for(done_for_the_person, "the person's status says finished", 120)
     assert_exactly_made(batch, fleet.log_text)
 
 
@@ -457,20 +461,19 @@ def test_one_batch_run_by_two_jobs_on_two_workers_at_once_is_made_exactly_once(
 ) -> None:
     fleet.start("worker")
     fleet.start("worker")
-    wait_for(workers_listening(2), 60, fleet.log_text)
+    fleet.wait_for(workers_listening(2), "two workers listen", 60)
 
-    batch = queueing.batch_submit(requested_by=None, total=TOTAL)
+    batch = use_cases.batch_submit(requested_by=None, total=TOTAL)
     queue = rq_queue()
     if second_job == "another_enqueue":
-        assert queueing.batch_enqueue(batch.pk)
-        job_ids = [batch.job_id_for(1), batch.job_id_for(2)]
+        assert use_cases.batch_enqueue(batch.pk)
+        job_ids = [queueing.batch_run_job_id(batch.pk, 1), queueing.batch_run_job_id(batch.pk, 2)]
     else:
         # As a dashboard requeue does: the same job id pushed again while it may be running.
-        queue.enqueue(queueing.BATCH_RUN, batch.pk, job_id=batch.job_id_for(1))
-        job_ids = [batch.job_id_for(1)]
+        queue.enqueue(queueing.BATCH_RUN, batch.pk, job_id=queueing.batch_run_job_id(batch.pk, 1))
+        job_ids = [queueing.batch_run_job_id(batch.pk, 1)]
 
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
+    finishes_exactly(fleet, batch)
 
     def jobs_ended() -> bool:
         return all(
@@ -478,7 +481,7 @@ def test_one_batch_run_by_two_jobs_on_two_workers_at_once_is_made_exactly_once(
             for job_id in job_ids
         )
 
-    wait_for(jobs_ended, 30, fleet.log_text)
+    fleet.wait_for(jobs_ended, "both jobs ended", 30)
     logs = [log.read_text() for log in fleet.logs]
     # Each worker ran one of the two jobs, at the same time, on the same batch.
     assert all(re.search(rf"\(batch-{batch.pk}(-\d+)?\)", log) for log in logs), logs
@@ -503,19 +506,12 @@ def test_postgres_backend_killed_mid_chunk_the_chunk_is_retried_and_the_worker_g
 ) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("pg_terminate_backend is PostgreSQL's; SQLite has its own case")
-    worker = fleet.start("worker")
-    batch = queueing.batch_submit(requested_by=None, total=TOTAL)
-    wait_for(made_some(batch), 60, fleet.log_text)
+    worker, batch = batch_under_way(fleet)
 
     assert pg_backends_terminate() >= 1
-    wait_for(lambda: "database error, retrying the chunk" in fleet.log_text(), 60, fleet.log_text)
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
-
-    later = queueing.batch_submit(requested_by=None, total=3_000)
-    wait_for(finished(later), 60, fleet.log_text)
-    assert_exactly_made(later, fleet.log_text)
-    assert worker.poll() is None
+    fleet.wait_for_log("database error, retrying the chunk", 60)
+    finishes_exactly(fleet, batch)
+    assert_the_worker_goes_on(fleet, worker)
 
 
 def test_sqlite_file_locked_mid_batch_the_chunk_is_retried_and_the_worker_goes_on(
@@ -523,29 +519,20 @@ def test_sqlite_file_locked_mid_batch_the_chunk_is_retried_and_the_worker_goes_o
 ) -> None:
     if connection.vendor != "sqlite":
         pytest.skip("a file lock is SQLite's; PostgreSQL has its own case")
-    worker = fleet.start("worker")
-    batch = queueing.batch_submit(requested_by=None, total=TOTAL)
-    wait_for(made_some(batch), 60, fleet.log_text)
+    worker, batch = batch_under_way(fleet)
 
     # Another program holding the write lock longer than the worker's busy timeout (20 s).
     locker = sqlite3.connect(connection.settings_dict["NAME"], timeout=30, isolation_level=None)
     try:
         locker.execute("BEGIN EXCLUSIVE")
-        wait_for(
-            lambda: "database error, retrying the chunk" in fleet.log_text(), 90, fleet.log_text
-        )
+        fleet.wait_for_log("database error, retrying the chunk", 90)
         assert stored(batch).created_count < TOTAL
     finally:
         locker.execute("ROLLBACK")
         locker.close()
 
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
-
-    later = queueing.batch_submit(requested_by=None, total=3_000)
-    wait_for(finished(later), 60, fleet.log_text)
-    assert_exactly_made(later, fleet.log_text)
-    assert worker.poll() is None
+    finishes_exactly(fleet, batch)
+    assert_the_worker_goes_on(fleet, worker)
 
 
 def test_job_timeout_fails_the_batch_visibly_and_resume_finishes_it_exactly(
@@ -553,13 +540,13 @@ def test_job_timeout_fails_the_batch_visibly_and_resume_finishes_it_exactly(
 ) -> None:
     settings.GENERATOR_JOB_TIMEOUT = 1
     worker = fleet.start("worker", GENERATOR_JOB_TIMEOUT="1")
-    batch = queueing.batch_submit(requested_by=generator_user, total=TOTAL)
-    wait_for(made_some(batch), 60, fleet.log_text)
+    batch = use_cases.batch_submit(requested_by=generator_user, total=TOTAL)
+    fleet.wait_for(made_some(batch), "the batch made its first users", 60)
     horse = work_horse_of(worker.pid)
     assert horse is not None, fleet.log_text()
     stall_until_alarm(horse)
 
-    wait_for(lambda: stored(batch).status == Batch.Status.FAILED, 60, fleet.log_text)
+    fleet.wait_for(lambda: stored(batch).status == Batch.Status.FAILED, "the batch failed", 60)
     status = generator_client.get(reverse("generator:api_batch_detail", args=[batch.pk])).json()
     assert status["status"] == "failed"
     assert status["failure_reason"] == "The batch took longer than the job time limit allows."
@@ -570,5 +557,4 @@ def test_job_timeout_fails_the_batch_visibly_and_resume_finishes_it_exactly(
     settings.GENERATOR_JOB_TIMEOUT = 600
     response = generator_client.post(reverse("generator:batch_resume", args=[batch.pk]))
     assert response.status_code == 302
-    wait_for(finished(batch), 120, fleet.log_text)
-    assert_exactly_made(batch, fleet.log_text)
+    finishes_exactly(fleet, batch)

@@ -18,14 +18,9 @@ from django.urls import reverse
 from generator import backups, services
 from generator.models import Batch, User
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_settings")]
 
 SHARED_PASSWORD = "a long enough shared password"
-
-
-@pytest.fixture(autouse=True)
-def fast_hashing(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def policy_of(response: Any) -> dict[str, list[str]]:

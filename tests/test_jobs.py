@@ -7,7 +7,7 @@ from django.urls import reverse
 from redis import Redis
 from rq import Queue
 
-from generator import queueing
+from generator import queueing, use_cases
 from generator.models import Batch, User
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,7 +42,7 @@ def test_form_post_to_finished_batch_through_a_real_worker(generator_client, que
     assert response.status_code == 302
     assert response["Location"] == batch.get_absolute_url()
     assert batch.status == Batch.Status.PENDING
-    job = queue.fetch_job(batch.job_id)
+    job = queue.fetch_job(queueing.batch_job_id(batch))
     assert job is not None
     assert job.func_name == "generator.jobs.batch_run"
     assert job.args == [batch.pk]
@@ -57,7 +57,7 @@ def test_form_post_to_finished_batch_through_a_real_worker(generator_client, que
     for user in users:
         assert re.fullmatch(r"user_[A-Za-z]{10}", user.username)
         assert user.email == f"{user.username}@example.com"
-    job = queue.fetch_job(batch.job_id)
+    job = queue.fetch_job(queueing.batch_job_id(batch))
     assert job.get_status() == "finished"
     assert job.return_value() == {"batch_id": batch.pk, "status": "finished", "created": 137}
     assert job.meta == {"created": 137, "total": 137}
@@ -92,7 +92,7 @@ def test_a_job_timeout_fails_the_batch_with_a_reason_and_keeps_its_chunks(
 ):
     settings.GENERATOR_JOB_TIMEOUT = 1
     settings.GENERATOR_CHUNK_SIZE = 500
-    batch = queueing.batch_submit(requested_by=None, total=5_000_000)
+    batch = use_cases.batch_submit(requested_by=None, total=5_000_000)
 
     run_worker()
 
@@ -102,14 +102,14 @@ def test_a_job_timeout_fails_the_batch_with_a_reason_and_keeps_its_chunks(
     assert 0 < batch.created_count < batch.total
     # Chunks commit their users and the count together: the two never disagree.
     assert User.objects.filter(batch=batch).count() == batch.created_count
-    assert queue.fetch_job(batch.job_id_for(1)).get_status() == "failed"
+    assert queue.fetch_job(queueing.batch_run_job_id(batch.pk, 1)).get_status() == "failed"
 
 
 def test_a_batch_submitted_while_redis_is_down_is_kept_pending(settings, redis_connection):
     settings.RQ_QUEUES = {
         "default": {**settings.RQ_QUEUES["default"], "URL": "redis://127.0.0.1:1/0"}
     }
-    batch = queueing.batch_submit(requested_by=None, total=50)
+    batch = use_cases.batch_submit(requested_by=None, total=50)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.PENDING
-    assert not redis_connection.exists(f"rq:job:{batch.job_id}")
+    assert not redis_connection.exists(f"rq:job:{queueing.batch_job_id(batch)}")

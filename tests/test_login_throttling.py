@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+import signal
 import time
 import urllib.error
 import urllib.parse
@@ -23,8 +21,7 @@ from django.urls import reverse
 
 from generator.models import User
 
-from .conftest import subprocess_env
-from .support import free_port, procfile, wait_until_up
+from .support import free_port, start_process, stop_process, subprocess_env, wait_until_up
 
 pytestmark = pytest.mark.django_db
 PASSWORD = "the right password, at last"
@@ -51,6 +48,7 @@ def attempt(client: Client, page: str, password: str, username: str = "carol"):
     return client.post(reverse(page), {"username": username, "password": password})
 
 
+@pytest.mark.usefixtures("fast_settings")
 @pytest.mark.parametrize("page", LOGIN_PAGES)
 def test_after_five_wrong_passwords_even_the_right_one_is_refused(person, page):
     client = Client()
@@ -65,6 +63,7 @@ def test_after_five_wrong_passwords_even_the_right_one_is_refused(person, page):
     assert "_auth_user_id" not in client.session
 
 
+@pytest.mark.usefixtures("fast_settings")
 def test_a_lockout_ends_after_the_cool_off(settings, person):
     settings.AXES_COOLOFF_TIME = timedelta(seconds=1)
     client = Client()
@@ -78,6 +77,7 @@ def test_a_lockout_ends_after_the_cool_off(settings, person):
     assert client.session["_auth_user_id"] == str(person.pk)
 
 
+@pytest.mark.usefixtures("fast_settings")
 def test_a_lockout_of_one_account_leaves_the_others_alone(person, django_user_model):
     django_user_model.objects.create_user("dave", password=PASSWORD)
     client = Client()
@@ -105,26 +105,14 @@ def test_a_locked_out_attempt_is_refused_before_any_password_is_hashed(settings,
 def web(person: User, tmp_path: Path) -> Iterator[str]:
     """The Procfile's gunicorn (two workers), sharing the test database."""
     port = free_port()
-    log = (tmp_path / "web.log").open("w")
-    process = subprocess.Popen(
-        ["bash", "-c", f"exec {procfile()['web']}"],
-        cwd=settings.BASE_DIR,
-        env=subprocess_env(
-            PORT=str(port),
-            WEB_CONCURRENCY="2",
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    env = subprocess_env(PORT=str(port), WEB_CONCURRENCY="2")
+    process = start_process("web", env, tmp_path / "web.log")
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{base_url}/healthz/", process)
         yield base_url
     finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
+        stop_process(process, signal.SIGTERM)
 
 
 @pytest.mark.processes

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
 from django.test import Client
 from rq import Queue
 
-from generator import queueing
+from generator import use_cases
 from generator.models import Batch, User
 
-from .conftest import BURST_WORKER, subprocess_env
+from .support import burst_worker
+
+pytestmark = pytest.mark.usefixtures("fast_settings")
 
 TOKEN = "a-long-random-metrics-token"
 METRICS = "/django-rq/metrics/"
@@ -125,19 +126,13 @@ def test_a_non_ascii_token_is_refused_not_a_server_error(
         assert client.get(path, headers=bearer("t\u00f6ken")).status_code == 401, path
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_log_names_the_batch_each_chunk_and_the_rate(settings, queue: Queue):
     settings.GENERATOR_CHUNK_SIZE = 100
-    batch = queueing.batch_submit(requested_by=None, total=450, enforce_limits=False)
+    batch = use_cases.batch_submit(requested_by=None, total=450, enforce_limits=False)
 
-    worker = subprocess.run(
-        BURST_WORKER,
-        cwd=settings.BASE_DIR,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    worker = burst_worker()
 
     assert worker.returncode == 0, worker.stderr
     assert Batch.objects.get(pk=batch.pk).status == Batch.Status.FINISHED

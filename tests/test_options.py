@@ -5,38 +5,34 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from rq import Queue
 
-from generator import queueing
+from generator import use_cases
 from generator.forms import MAX_SEED, BatchForm
 from generator.models import Batch, BatchChunk, User
 
-from .conftest import BURST_WORKER, subprocess_env
+from .support import burst_worker
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fast_settings"),
+    # Several chunks per batch, so the seed is shown to hold across chunks and runs.
+    pytest.mark.with_settings(GENERATOR_CHUNK_SIZE=40),
+]
 
 API_URL = reverse("generator:api_batch_create")
 USERNAME = re.compile(r"user_[A-Za-z]{10}")
 Account = tuple[str, str, str, str]
-
-
-@pytest.fixture(autouse=True)
-def small_chunks(settings: Any) -> None:
-    # Several chunks per batch, so the seed is shown to hold across chunks and runs.
-    settings.GENERATOR_CHUNK_SIZE = 40
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def accounts_of(batch: Batch) -> list[Account]:
@@ -55,6 +51,7 @@ def forget(batch: Batch) -> None:
     batch.delete()
 
 
+@pytest.mark.processes
 def test_a_seeded_realistic_batch_is_made_again_identically_on_a_fresh_database(
     generator_client: Client, queue: Queue, run_worker: Callable[[], None]
 ) -> None:
@@ -72,7 +69,7 @@ def test_a_seeded_realistic_batch_is_made_again_identically_on_a_fresh_database(
     BatchChunk.objects.filter(batch=first, index=0).update(
         lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    queueing.batch_enqueue(first.pk)
+    use_cases.batch_enqueue(first.pk)
     run_worker()
     first.refresh_from_db()
     assert first.status == Batch.Status.FINISHED
@@ -91,14 +88,7 @@ def test_a_seeded_realistic_batch_is_made_again_identically_on_a_fresh_database(
     # process of its own (its own string hashing, its own everything), chunks in order.
     call_command("generate_users", "100", "--realistic-names", "--seed", "42", stdout=StringIO())
     second = Batch.objects.get()
-    worker = subprocess.run(
-        BURST_WORKER,
-        cwd=settings.BASE_DIR,
-        env=subprocess_env(PYTHONHASHSEED="12345"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    worker = burst_worker(PYTHONHASHSEED="12345")
     assert worker.returncode == 0, worker.stderr
     second.refresh_from_db()
     assert second.status == Batch.Status.FINISHED

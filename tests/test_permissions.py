@@ -6,14 +6,14 @@ Every test performs the reach for real through Django's test client, then looks 
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import reverse
 
 from generator import services
 from generator.models import Batch, User
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_settings")]
 
 
 def staff_with(django_user_model: type[User], username: str, *codenames: str) -> Client:
@@ -177,3 +177,102 @@ def test_a_staff_member_who_may_change_users_cannot_touch_a_superusers_account(
     assert response.status_code == 403
     admin_user.refresh_from_db()
     assert not admin_user.check_password("taken over 12345")
+
+
+def test_seeing_someone_elses_batch_does_not_open_its_accounts(django_user_model, generator_user):
+    batch = finished_batch_of(generator_user)
+    # May generate, and see every batch, but not read other people's accounts.
+    bob = staff_with(django_user_model, "bob2", "add_batch", "view_batch")
+
+    assert bob.get(batch.get_absolute_url()).status_code == 200
+    listed = bob.get(reverse("generator:user_list"), {"batch": batch.pk})
+    assert list(listed.context["page"].object_list) == []
+    assert bob.get(reverse("generator:batch_users_csv", args=[batch.pk])).status_code == 404
+
+
+def test_a_batch_changer_cannot_edit_the_fields_the_reconciler_relies_on(
+    django_user_model, generator_user
+):
+    batch = finished_batch_of(generator_user)
+    staff = staff_with(django_user_model, "sam", "view_batch", "change_batch")
+
+    staff.post(
+        reverse("admin:generator_batch_change", args=[batch.pk]),
+        {"last_job_id": "planted", "last_enqueued_at_0": "2099-01-01", "last_enqueued_at_1": "0:0"},
+    )
+
+    batch.refresh_from_db()
+    assert batch.last_job_id != "planted"
+    assert batch.last_enqueued_at is None or batch.last_enqueued_at.year < 2099
+
+
+def test_a_staff_member_who_may_change_groups_cannot_give_their_group_every_permission(
+    django_user_model,
+):
+    helpers = Group.objects.create(name="helpers")
+    client = staff_with(django_user_model, "gina", "view_group", "change_group")
+    User.objects.get(username="gina").groups.add(helpers)
+
+    response = client.post(
+        reverse("admin:auth_group_change", args=[helpers.pk]),
+        {"name": "helpers", "permissions": list(Permission.objects.values_list("pk", flat=True))},
+    )
+
+    assert response.status_code == 403
+    assert not helpers.permissions.exists()
+
+
+@pytest.mark.parametrize("privilege", ["staff", "group", "permission", "superuser"])
+def test_a_staff_member_who_may_change_users_cannot_take_over_a_privileged_account(
+    django_user_model, privilege
+):
+    client = staff_with(django_user_model, "eve", "view_user", "change_user", "delete_user")
+    boss = django_user_model.objects.create_user(
+        "boss", password="the boss's own password", is_staff=privilege == "staff"
+    )
+    if privilege == "group":
+        boss.groups.add(Group.objects.create(name="managers"))
+    elif privilege == "permission":
+        boss.user_permissions.add(Permission.objects.get(codename="use_rq_dashboard"))
+    elif privilege == "superuser":
+        django_user_model.objects.filter(pk=boss.pk).update(is_superuser=True, is_staff=True)
+
+    new_password = {"password1": "taken over 12345", "password2": "taken over 12345"}
+    assert (
+        client.post(
+            reverse("admin:auth_user_password_change", args=[boss.pk]),
+            {**new_password, "usable_password": "true"},
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            reverse("admin:generator_user_delete", args=[boss.pk]), {"post": "yes"}
+        ).status_code
+        == 403
+    )
+    client.post(
+        reverse("admin:generator_user_changelist"),
+        {"action": "delete_selected", "_selected_action": [boss.pk], "post": "yes"},
+    )
+
+    boss.refresh_from_db()
+    assert boss.check_password("the boss's own password")
+
+
+def test_a_staff_member_who_may_change_users_still_manages_ordinary_accounts(django_user_model):
+    client = staff_with(django_user_model, "eve", "view_user", "change_user")
+    plain = django_user_model.objects.create_user("plain", password="the old password 1")
+
+    response = client.post(
+        reverse("admin:auth_user_password_change", args=[plain.pk]),
+        {
+            "password1": "a new password 123",
+            "password2": "a new password 123",
+            "usable_password": "true",
+        },
+    )
+
+    assert response.status_code == 302
+    plain.refresh_from_db()
+    assert plain.check_password("a new password 123")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,18 +13,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Permission
 
 from generator import services
 from generator.models import Batch, User
 
-from .conftest import subprocess_env
-from .support import Browser, free_port, procfile, session_browser, wait_until_up
+from .support import (
+    PASSWORD,
+    Browser,
+    free_port,
+    procfile_running,
+    session_browser,
+    subprocess_env,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
-
-PASSWORD = "a long enough test password"
 
 
 @pytest.fixture
@@ -39,38 +40,9 @@ def platform(queue, tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen
         WEB_CONCURRENCY="2",
         GENERATOR_RECONCILE_INTERVAL_SECONDS="1",
         GENERATOR_RECONCILE_GRACE_SECONDS="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
-    processes = procfile()
-    run = {"cwd": settings.BASE_DIR, "env": env}
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], check=True, **run
-    )
-    subprocess.run(["bash", "-c", processes["release"]], check=True, capture_output=True, **run)
-    names = ("web", "worker", "cron")
-    logs = {name: (tmp_path / f"{name}.log").open("w") for name in names}
-    started = [
-        subprocess.Popen(
-            ["bash", "-c", f"exec {processes[name]}"],
-            stdout=logs[name],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            **run,
-        )
-        for name in names
-    ]
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{base_url}/healthz/", started[0])
-        yield base_url, started
-    finally:
-        for process in started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        for name, log in logs.items():
-            log.close()
-            print(f"--- {name} log ---\n{(tmp_path / f'{name}.log').read_text()}")
+    with procfile_running(env, tmp_path, names=("web", "worker", "cron")) as started:
+        yield f"http://127.0.0.1:{port}", list(started.values())
 
 
 def test_procfile_web_and_worker_run_a_batch_over_http(platform, django_user_model):
@@ -86,11 +58,18 @@ def test_procfile_web_and_worker_run_a_batch_over_http(platform, django_user_mod
     assert url == f"{base_url}/batches/{batch.pk}/"
     assert "batch-progress" in page
 
-    deadline = time.monotonic() + 60
-    while (status := browser.get_json(f"/api/batches/{batch.pk}/"))["status"] != "finished":
+    def finished_status() -> dict | None:
+        status = browser.get_json(f"/api/batches/{batch.pk}/")
         assert status["status"] != "failed", status
-        assert time.monotonic() < deadline, f"the worker did not finish the batch: {status}"
-        time.sleep(0.2)
+        return status if status["status"] == "finished" else None
+
+    status = wait_for(
+        finished_status,
+        "the worker finished the batch",
+        60,
+        explain=lambda: browser.get_json(f"/api/batches/{batch.pk}/"),
+        interval=0.2,
+    )
 
     assert status["created"] == 321
     assert User.objects.filter(batch=batch).count() == 321
@@ -147,10 +126,13 @@ def test_fifty_concurrent_posts_are_all_answered_and_every_batch_completes(
     if person_count == 10:
         assert len(accepted) >= 10
 
-    deadline = time.monotonic() + 60
-    while Batch.objects.exclude(status=Batch.Status.FINISHED).exists():
-        assert time.monotonic() < deadline, list(Batch.objects.values("id", "status"))
-        time.sleep(0.2)
+    wait_for(
+        lambda: not Batch.objects.exclude(status=Batch.Status.FINISHED).exists(),
+        "every batch finished",
+        60,
+        explain=lambda: list(Batch.objects.values("id", "status")),
+        interval=0.2,
+    )
     for batch in Batch.objects.all():
         assert User.objects.filter(batch=batch).count() == batch.total == 50
 
@@ -158,10 +140,12 @@ def test_fifty_concurrent_posts_are_all_answered_and_every_batch_completes(
 def test_the_cron_process_enqueues_a_batch_whose_job_was_lost(platform):
     # Recorded but never enqueued, as when Redis lost its job: only the reconciler can save it.
     batch = services.batch_create(requested_by=None, total=400)
-    deadline = time.monotonic() + 30
-    while not Batch.objects.filter(pk=batch.pk, status=Batch.Status.FINISHED).exists():
-        assert time.monotonic() < deadline, "the cron reconciler never enqueued the batch"
-        time.sleep(0.2)
+    wait_for(
+        lambda: Batch.objects.filter(pk=batch.pk, status=Batch.Status.FINISHED).exists(),
+        "the cron reconciler enqueued the batch and it finished",
+        30,
+        interval=0.2,
+    )
     batch.refresh_from_db()
     assert batch.jobs_enqueued >= 1
     assert User.objects.filter(batch=batch).count() == 400

@@ -11,6 +11,7 @@ import http.server
 import pickle
 import secrets
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,27 +28,15 @@ from rq.serializers import DefaultSerializer, JSONSerializer, resolve_serializer
 from rq.utils import now, utcformat
 from rq.webhook import Webhook
 
-from generator import queueing, rq_guard
+from generator import queueing, rq_guard, use_cases
 from generator.models import Batch, User
 
 from . import support
 from .conftest import BURST_WORKER, JSON_SERIALIZER, subprocess_env
-from .support import WritesAFile
+from .support import RealPickle, WritesAFile, burst_worker
 
 REFUSAL = "refused: generator runs only its own jobs"
 DASHBOARDS = ["/django-rq/", "/admin/django_rq/dashboard/"]
-
-
-def burst_worker(**env: str) -> subprocess.CompletedProcess[str]:
-    """The Procfile's worker, in burst mode, as a real process."""
-    return subprocess.run(
-        BURST_WORKER,
-        cwd=settings.BASE_DIR,
-        env=subprocess_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def attacker_queue(queue: Queue) -> Queue:
@@ -81,6 +70,7 @@ def refused_as_failed(queue: Queue, job_id: str) -> str:
 # A. The worker runs the app's own job functions, nothing else a job names.
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("function", "arguments"),
@@ -106,6 +96,7 @@ def test_the_worker_refuses_a_json_job_naming_any_other_function(
     assert f"job {job.id} {reason}" in worker.stderr
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("kind", "function", "arguments"),
@@ -132,6 +123,7 @@ def test_the_worker_refuses_an_app_job_carrying_a_callback(
     assert f"job {job.id} {reason}" in worker.stderr
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_refuses_an_os_system_callback_with_its_name_in_the_reason(queue: Queue):
     job = attacker_queue(queue).enqueue(
@@ -175,6 +167,7 @@ def listener() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_sends_no_webhook_a_planted_job_carries(queue: Queue, listener: str):
     webhooks = [Webhook(f"{listener}/{status}", status) for status in ("finished", "failed")]
@@ -187,11 +180,12 @@ def test_the_worker_sends_no_webhook_a_planted_job_carries(queue: Queue, listene
     assert f"{REFUSAL}, which send no webhooks" in refused_as_failed(queue, job.id)
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_runs_the_apps_jobs_beside_a_refused_one(queue: Queue, tmp_path: Path):
     marker = tmp_path / "pwned"
     planted = attacker_queue(queue).enqueue("os.system", f"touch {marker}")
-    batch = queueing.batch_submit(requested_by=None, total=120, enforce_limits=False)
+    batch = use_cases.batch_submit(requested_by=None, total=120, enforce_limits=False)
     reconcile = queue.enqueue("generator.jobs.batches_reconcile")
 
     worker = burst_worker()
@@ -216,6 +210,7 @@ def test_every_job_the_app_enqueues_or_schedules_is_allowed(redis_connection: Re
     )
 
 
+@pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_the_batch_worker_will_not_start_with_pickle(queue: Queue):
     # The Procfile's command line without its --serializer: rqworker's default is pickle.
@@ -238,10 +233,45 @@ def test_the_batch_worker_will_not_start_with_pickle(queue: Queue):
 # B. No pickle where the web process reads Redis.
 
 
-def test_rq_reads_json_wherever_a_caller_names_no_serializer():
-    assert resolve_serializer(None) is JSONSerializer
-    # Asked for by name, pickle is still pickle: the tests plant payloads with it.
-    assert resolve_serializer(DefaultSerializer) is DefaultSerializer
+@pytest.mark.parametrize(
+    "asked_for", [None, "pickle", DefaultSerializer, "rq.serializers.DefaultSerializer"]
+)
+def test_rq_reads_json_whatever_serializer_a_caller_names_or_omits(asked_for: object, tmp_path):
+    serializer = resolve_serializer(asked_for)  # type: ignore[arg-type]
+    marker = tmp_path / "unpickled"
+
+    assert serializer.dumps({"batch_id": 1}) == b'{"batch_id": 1}'
+    with pytest.raises(UnicodeDecodeError):
+        serializer.loads(RealPickle.dumps(WritesAFile(marker)))
+    assert not marker.exists()
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_django_rqs_plain_rqworker_command_runs_no_planted_pickle(queue: Queue, tmp_path: Path):
+    # django-rq's documented command line, no --serializer, no worker class: rq's defaults.
+    marker = tmp_path / "pwned-by-a-plain-worker"
+    job = Job.create(
+        "generator.jobs.batches_reconcile",
+        args=(WritesAFile(marker),),
+        connection=queue.connection,
+        serializer=RealPickle,
+        origin="default",
+    )
+    job.save()
+    queue.push_job_id(job.id)
+
+    worker = subprocess.run(
+        [sys.executable, "manage.py", "rqworker", "default", "--burst"],
+        cwd=settings.BASE_DIR,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert worker.returncode == 0, worker.stderr
+    assert not marker.exists()
 
 
 def plant_job(connection: Redis, marker: Path, **options: object) -> Job:

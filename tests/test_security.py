@@ -12,14 +12,15 @@ from django.urls import reverse
 from django_rq.urls import get_admin_urlpatterns
 from rq import Queue
 from rq.job import Job
-from rq.serializers import DefaultSerializer, JSONSerializer
+from rq.serializers import JSONSerializer
 
-from generator import queueing
+from generator import use_cases
 from generator.models import Batch, User
 
-from .support import WritesAFile
+from .support import RealPickle, WritesAFile
 
 
+@pytest.mark.processes
 def test_check_deploy_is_clean_with_production_settings():
     env = {
         key: value
@@ -73,11 +74,11 @@ def test_a_pickled_job_slipped_into_redis_cannot_run_code(queue, run_worker, tmp
         "generator.jobs.batch_run",
         args=(WritesAFile(marker),),
         connection=queue.connection,
-        serializer=DefaultSerializer,
+        serializer=RealPickle,
     )
     job.save()
     queue.push_job_id(job.id)
-    batch = queueing.batch_submit(requested_by=None, total=50)
+    batch = use_cases.batch_submit(requested_by=None, total=50)
 
     run_worker()
 

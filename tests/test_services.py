@@ -1,7 +1,6 @@
 import random
 import re
 import string
-import threading
 
 import pytest
 from django.contrib.auth.hashers import check_password
@@ -10,6 +9,9 @@ from django.utils import timezone
 
 from generator import services
 from generator.models import Batch, BatchChunk, User
+from generator.services import chunks
+
+from .support import run_at_once
 
 USERNAME = re.compile(r"user_[A-Za-z]{10}")
 
@@ -149,11 +151,7 @@ def test_two_runs_of_one_batch_at_once_make_exactly_total_users():
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_at_once(run, 2)
 
     assert errors == []
     batch.refresh_from_db()
@@ -165,7 +163,7 @@ def test_two_runs_of_one_batch_at_once_make_exactly_total_users():
 @pytest.mark.django_db
 def test_a_chunk_held_by_a_dead_run_is_taken_over_when_its_lease_runs_out(settings):
     batch = make_batch(300, chunk_size=100)
-    claimed = services._chunk_claim(batch_id=batch.pk, run_id="dead-run")
+    claimed = chunks.chunk_claim(batch_id=batch.pk, run_id="dead-run")
     assert claimed.index == 0
 
     services.batch_generate_users(batch_id=batch.pk, run_id="live-run")
@@ -180,7 +178,7 @@ def test_a_chunk_held_by_a_dead_run_is_taken_over_when_its_lease_runs_out(settin
     assert batch.status == Batch.Status.FINISHED
     assert User.objects.filter(batch=batch).count() == 300
     # The dead run, were it to wake up, finds its chunk taken and writes nothing.
-    services._chunk_fill(chunk_id=claimed.pk, run_id="dead-run", rng=random.Random())
+    chunks.chunk_fill(chunk_id=claimed.pk, run_id="dead-run", rng=random.Random())
     assert User.objects.filter(batch=batch).count() == 300
 
 

@@ -13,20 +13,17 @@ from django.test import Client
 from django.urls import reverse
 from rq import Queue
 
-from generator import queueing, services
+from generator import queueing, services, use_cases
 from generator.models import Batch, User
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("fast_settings"),
+    # Several deletion chunks per batch.
+    pytest.mark.with_settings(GENERATOR_CHUNK_SIZE=40),
+]
 
 CHANGELIST = reverse("admin:generator_batch_changelist")
-
-
-@pytest.fixture(autouse=True)
-def fast_settings(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.WHITENOISE_AUTOREFRESH = True
-    # Several deletion chunks per batch.
-    settings.GENERATOR_CHUNK_SIZE = 40
 
 
 def delete_url(batch: Batch) -> str:
@@ -85,7 +82,7 @@ def test_delete_from_the_page_through_a_real_worker_leaves_no_user_of_the_batch(
     assert response["Location"] == batch.get_absolute_url()
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DELETING
-    job = queue.fetch_job(batch.delete_job_id)
+    job = queue.fetch_job(queueing.batch_users_delete_job_id(batch.pk))
     assert job.func_name == "generator.jobs.batch_users_delete"
     assert job.args == [batch.pk]
     live = status_of(generator_client, batch)
@@ -111,7 +108,7 @@ def test_delete_from_the_page_through_a_real_worker_leaves_no_user_of_the_batch(
         100,
     )
     assert final["can_delete_users"] is False
-    assert queue.fetch_job(batch.delete_job_id).return_value() == {
+    assert queue.fetch_job(queueing.batch_users_delete_job_id(batch.pk)).return_value() == {
         "batch_id": batch.pk,
         "status": "deleted",
         "deleted": 130,
@@ -160,7 +157,7 @@ def test_a_cancelled_batch_can_have_the_users_it_made_deleted(
     assert batch.deleted_count == 40
     assert not User.objects.filter(batch=batch).exists()
     # Deleted is final: no resume refills it.
-    assert queueing.batch_resume(batch_id=batch.pk).status == Batch.Status.DELETED
+    assert use_cases.batch_resume(batch_id=batch.pk).status == Batch.Status.DELETED
 
 
 def test_only_the_requester_with_permission_or_staff_may_delete(
@@ -222,7 +219,7 @@ def test_asking_again_while_deleting_finishes_the_rest_with_exact_counts(
     admin_client: Client, generator_user: User, queue: Queue, run_worker: Callable[[], None]
 ) -> None:
     batch = generated(generator_user, 100)
-    queueing.batch_users_delete_submit(batch_id=batch.pk)
+    use_cases.batch_users_delete_submit(batch_id=batch.pk)
     # A first run deletes one chunk, then dies: the batch stays "deleting".
     with pytest.raises(WorkerDied):
         services.batch_users_delete(batch_id=batch.pk, on_progress=die)
@@ -232,8 +229,8 @@ def test_asking_again_while_deleting_finishes_the_rest_with_exact_counts(
     # Asked for again: a second job, under an id of its own, next to the first.
     admin_client.post(CHANGELIST, {"action": "delete_batch_users", "_selected_action": [batch.pk]})
     assert len(queue.job_ids) == 2
-    assert queue.job_ids[0] == batch.delete_job_id
-    assert queue.job_ids[1].startswith(f"{batch.delete_job_id}-")
+    assert queue.job_ids[0] == queueing.batch_users_delete_job_id(batch.pk)
+    assert queue.job_ids[1].startswith(f"{queueing.batch_users_delete_job_id(batch.pk)}-")
     run_worker()
 
     batch.refresh_from_db()
@@ -246,7 +243,7 @@ def test_asking_to_delete_a_deleted_batch_again_changes_nothing(
     generator_client: Client, generator_user: User, queue: Queue
 ) -> None:
     batch = generated(generator_user, 50)
-    queueing.batch_users_delete_submit(batch_id=batch.pk)
+    use_cases.batch_users_delete_submit(batch_id=batch.pk)
     services.batch_users_delete(batch_id=batch.pk)
     queue.empty()
 
@@ -263,7 +260,7 @@ def test_the_admin_cannot_delete_a_batch_row_that_still_has_users(
     admin_client, generator_user, queue, run_worker
 ):
     # Deleting the row would orphan its users: "Delete the users" is the way, then the row.
-    batch = queueing.batch_submit(requested_by=generator_user, total=60)
+    batch = use_cases.batch_submit(requested_by=generator_user, total=60)
     run_worker()
     changelist = reverse("admin:generator_batch_changelist")
 

@@ -14,23 +14,22 @@ from redis import Redis
 from generator import services
 from generator.models import Batch, User
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_settings")]
 
 GENERATE_URL = reverse("generator:generate")
 BATCH_LIST_URL = reverse("generator:batch_list")
 USER_LIST_URL = reverse("generator:user_list")
 
 
-@pytest.fixture(autouse=True)
-def fast_settings(settings: Any) -> None:
-    # Speed only, no behaviour under test: each create_user would spend ~0.35 s in PBKDF2, and
-    # each new test Client would have WhiteNoise index every static file (~50 ms).
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.WHITENOISE_AUTOREFRESH = True
-
-
 def batch_url(batch: Batch) -> str:
     return reverse("generator:batch_detail", args=[batch.pk])
+
+
+def page_of(client: Client, url: str) -> str:
+    """The page at `url`, which must answer 200."""
+    response = client.get(url)
+    assert response.status_code == 200
+    return response.content.decode()
 
 
 def users_of(batch: Batch, count: int) -> list[User]:
@@ -212,10 +211,8 @@ def test_batch_page_of_a_pending_batch_says_it_is_queued(
 ) -> None:
     batch = services.batch_create(requested_by=generator_user, total=50)
 
-    response = generator_client.get(batch_url(batch))
+    html = page_of(generator_client, batch_url(batch))
 
-    assert response.status_code == 200
-    html = response.content.decode()
     assert f"Batch #{batch.pk}" in html
     assert "Queued" in html
     assert f'data-fragment-url="{batch_url(batch)}?fragment=progress"' in html
@@ -233,10 +230,8 @@ def test_batch_page_of_a_finished_batch_links_to_its_users(
         finished_at=now,
     )
 
-    response = generator_client.get(batch_url(batch))
+    html = page_of(generator_client, batch_url(batch))
 
-    assert response.status_code == 200
-    html = response.content.decode()
     assert "50 users created in 2.00 s." in html
     assert f'href="/users/?batch={batch.pk}"' in html
 
@@ -247,10 +242,8 @@ def test_batch_page_of_a_failed_batch_shows_its_reason(
     batch = services.batch_create(requested_by=generator_user, total=50)
     services.batch_fail(batch_id=batch.pk, reason="The job ran out of time.")
 
-    response = generator_client.get(batch_url(batch))
+    html = page_of(generator_client, batch_url(batch))
 
-    assert response.status_code == 200
-    html = response.content.decode()
     assert "This batch failed: The job ran out of time." in html
     assert "0 of 50 users were created." in html
 

@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from generator import backups, conf
+from generator import backups, use_cases
 
 
 class Command(BaseCommand):
@@ -10,7 +10,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            path = backups.backup_create(directory=conf.backup_dir(), keep=conf.backup_keep())
+            path = use_cases.database_backup()
         except backups.BackupError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(str(path))

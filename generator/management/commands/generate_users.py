@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from generator import conf, queueing
+from generator import conf, use_cases
 from generator.formatting import duration, thousands
 from generator.forms import BatchForm
 from generator.models import Batch
@@ -53,7 +53,10 @@ class Command(BaseCommand):
             max_total=conf.cli_max_total(),
         )
         if not form.is_valid():
-            errors = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in form.errors.items())
+            errors = "; ".join(
+                f"{name}: {' '.join(str(message) for message in messages)}"
+                for name, messages in form.errors.items()
+            )
             raise CommandError(errors)
         requested_by = None
         if options["requested_by"]:
@@ -63,10 +66,8 @@ class Command(BaseCommand):
             except User.DoesNotExist:
                 raise CommandError(f"No user named {options['requested_by']!r}.") from None
 
-        batch = queueing.batch_submit(
-            requested_by=requested_by,
-            enforce_limits=False,
-            **form.batch_options(),
+        batch = use_cases.batch_submit(
+            requested_by=requested_by, enforce_limits=False, **form.batch_options()
         )
         self.stdout.write(str(batch.pk))
         if options["wait"]:

@@ -18,5 +18,5 @@ class Command(DjangoRQCronCommand):
     """
 
     def handle(self, *args: Any, **options: Any) -> None:
-        rq.cron.Queue = configured_queue
+        rq.cron.Queue = configured_queue  # type: ignore[misc, assignment]
         super().handle(*args, **options)

@@ -1,0 +1,98 @@
+"""One run: scratch storage taken, the app's processes started on it, every measurement made,
+everything stopped and dropped again, even on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import django
+from django.db import connection
+from django.utils import timezone
+
+from generator import conf
+
+from . import BenchmarkError
+from .app import App
+from .measurements import Bench, Sizes
+from .processes import Processes
+from .report import Report
+from .scratch import Log, scratch_database, scratch_redis
+
+
+def run(*, sizes: Sizes, quick: bool, redis_db: int, logs_dir: Path, log: Log) -> Report:
+    """Run every measurement on scratch storage and return the report."""
+    if connection.vendor not in {"sqlite", "postgresql"}:
+        raise BenchmarkError(f"The benchmark knows SQLite and PostgreSQL, not {connection.vendor}.")
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    # A SIGTERM must still drop the scratch database and stop the processes: make it an exit.
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with scratch_redis(redis_db, log) as redis, scratch_database(log) as (db_name, db_url):
+            report = Report(
+                engine=connection.vendor,
+                quick=quick,
+                context=run_context(sizes, database=db_name, redis_db=redis_db, logs=logs_dir),
+            )
+            processes = Processes(
+                env=app_env(database_url=db_url, redis_url=redis.url), logs_dir=logs_dir
+            )
+            try:
+                collect_static(processes, log)
+                bench = Bench(sizes=sizes, app=App(processes=processes, redis=redis), log=log)
+                report.measurements = bench.measure_all()
+            finally:
+                processes.stop_all()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    return report
+
+
+def app_env(*, database_url: str, redis_url: str) -> dict[str, str]:
+    """Environment for the app's processes: the shipped settings on the scratch storage."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "site_config.settings",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "benchmark-only-not-secret",
+        # Production-like: with DEBUG on, Django keeps the SQL of every query (up to 9,000, each
+        # bulk insert hundreds of KB) in the worker, which would be measured as the app's memory.
+        "DJANGO_DEBUG": "false",
+        # Plain HTTP on the loopback, as behind a platform's router that terminates TLS.
+        "DJANGO_HTTPS": "false",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        # The Procfile's `python` and `gunicorn` are this virtualenv's, as on a platform.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def collect_static(processes: Processes, log: Log) -> None:
+    """The build step a platform runs before the web process: its pages need the manifest."""
+    log("Collecting static files (the platform's build step)")
+    command = [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"]
+    process = processes.start(command, name="collectstatic")
+    if process.wait(timeout=300) != 0:
+        raise BenchmarkError(f"collectstatic failed: {processes.tail(process)}")
+
+
+def run_context(sizes: Sizes, *, database: str, redis_db: int, logs: Path) -> dict[str, Any]:
+    """Where and with what the run happened (no URLs: they may hold passwords)."""
+    return {
+        "started_at": timezone.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "chunk_size": conf.chunk_size(),
+        "sizes": asdict(sizes),
+        "scratch": {"database": database, "redis_db": redis_db},
+        "logs": str(logs),
+    }

@@ -1,0 +1,53 @@
+"""Retrying a unit of database work that a passing fault interrupted."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
+
+logger = logging.getLogger(__name__)
+
+# A lost connection, a locked SQLite file or a username taken by a concurrent insert is
+# worth a few tries before the job gives up.
+CHUNK_ATTEMPTS = 5
+RETRY_DELAY_SECONDS = 0.2
+RETRIED_ERRORS = (OperationalError, InterfaceError, IntegrityError)
+
+
+def database_errors_retrying[T](attempt: Callable[[], T]) -> T:
+    """Run `attempt` (one transaction), again on a fresh connection after a passing error."""
+    for number in range(1, CHUNK_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except DatabaseError as error:
+            interruption = _interruption_behind(error)
+            if interruption is not None:
+                # A signal's exception (the job's time limit, a shutdown) landed while the
+                # driver was busy and came out as a database error: it must stop the run,
+                # and the connection it left half-way is of no further use.
+                connection.close()
+                raise interruption from error
+            if not isinstance(error, RETRIED_ERRORS) or number == CHUNK_ATTEMPTS:
+                raise
+            logger.warning(
+                "database error, retrying the chunk (%s/%s)", number, CHUNK_ATTEMPTS, exc_info=True
+            )
+            # The connection may be dead (a restarted server, a killed backend): start afresh.
+            connection.close()
+            time.sleep(RETRY_DELAY_SECONDS * 2 ** (number - 1))
+    raise AssertionError("unreachable")
+
+
+def _interruption_behind(error: BaseException) -> BaseException | None:
+    """The exception, not the database's, that a database error was raised in handling."""
+    # The driver's own errors too (the DB-API module every backend wrapper carries, untyped).
+    database_errors = (DatabaseError, connection.Database.Error)  # type: ignore[attr-defined]
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if not isinstance(cause, database_errors):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -1,0 +1,185 @@
+"""The use cases: what a person, the operator or a job asks of the app, one function each.
+
+Every entry point (views, API, admin, commands, jobs, the worker) calls one function here.
+A use case commits its state changes through the services, then puts the work on the queue
+through the adapter once they are committed: a worker must never pick up a batch it cannot
+read yet. Neither HTTP nor RQ is known here; the adapter translates RQ's signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Unpack
+
+from django.db import DatabaseError, connection, transaction
+from django.views.decorators.debug import sensitive_variables
+
+from . import backups, conf, queueing, reconciler, services
+from .models import Batch, User
+from .services import BatchOptions, ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+
+@sensitive_variables("options")
+def batch_submit(
+    *, requested_by: User | None, enforce_limits: bool = True, **options: Unpack[BatchOptions]
+) -> Batch:
+    """Record a batch, then enqueue its runs once the row is committed.
+
+    A person's request goes through their limits and idempotency key (ValidationError when
+    refused); the operator's command line passes enforce_limits=False.
+    """
+    with transaction.atomic():
+        if requested_by is None or not enforce_limits:
+            options.pop("idempotency_key", None)
+            batch, created = services.batch_create(requested_by=requested_by, **options), True
+        else:
+            batch, created = services.batch_request(requested_by=requested_by, **options)
+        if created:
+            _runs_enqueue_on_commit(batch)
+    return batch
+
+
+def batch_cancel(*, batch_id: int) -> Batch:
+    """Stop an unfinished batch between chunks; the users already made are kept."""
+    return services.batch_cancel(batch_id=batch_id)
+
+
+def batch_resume(*, batch_id: int, resumed_by: User | None = None) -> Batch:
+    """Reopen a failed or cancelled batch and enqueue runs to finish it.
+
+    Raises ValidationError when the person resuming it is at their limit of active batches.
+    """
+    with transaction.atomic():
+        batch = services.batch_reopen(batch_id=batch_id, reopened_by=resumed_by)
+        if batch.status == Batch.Status.PENDING:
+            _runs_enqueue_on_commit(batch)
+    return batch
+
+
+def batch_users_delete_submit(*, batch_id: int) -> Batch:
+    """Mark the batch for deletion and enqueue the job once that is committed.
+
+    Raises ValidationError while the batch is still creating users.
+    """
+    with transaction.atomic():
+        batch = services.batch_users_delete_request(batch_id=batch_id)
+        if batch.status == Batch.Status.DELETING:
+            transaction.on_commit(partial(batch_users_delete_enqueue, batch.pk))
+    return batch
+
+
+def batch_run(*, batch_id: int, run_id: str, on_progress: ProgressCallback) -> Batch:
+    """One run of the batch (a job): fill its free chunks. A stopping worker hands the batch
+    over to the next run; any other error fails the batch with a reason a person can read."""
+    try:
+        return services.batch_generate_users(
+            batch_id=batch_id, run_id=run_id, on_progress=on_progress
+        )
+    except queueing.WorkerShutdown:
+        # A platform restart (SIGTERM): hand the chunks over and queue the rest for the next
+        # worker at once, instead of waiting for the leases to run out.
+        logger.warning("batch %s: worker shutting down, handing the batch over", batch_id)
+        # Raised by a signal handler, it may have cut a query short and left the connection
+        # in the middle of it: the hand-over needs a fresh one.
+        connection.close()
+        services.batch_release(batch_id=batch_id, run_id=run_id)
+        batch_enqueue(batch_id)
+        raise
+    except queueing.JobTimedOut:
+        connection.close()  # raised by a signal handler too
+        services.batch_fail(
+            batch_id=batch_id, reason="The batch took longer than the job time limit allows."
+        )
+        raise
+    except DatabaseError:
+        logger.exception("batch %s: database error", batch_id)
+        connection.close()
+        services.batch_fail(
+            batch_id=batch_id, reason="The database was unavailable while creating users."
+        )
+        raise
+    except Exception:
+        logger.exception("batch %s: unexpected error", batch_id)
+        services.batch_fail(batch_id=batch_id, reason="An unexpected error stopped the batch.")
+        raise
+
+
+def batch_users_delete_run(*, batch_id: int, on_progress: ProgressCallback) -> Batch:
+    """One run of a deletion (a job); a stopping worker queues the rest for the next one."""
+    try:
+        return services.batch_users_delete(batch_id=batch_id, on_progress=on_progress)
+    except queueing.WorkerShutdown:
+        # Deleted chunks are committed: the next worker finishes what is left.
+        logger.warning(
+            "batch %s: worker shutting down, queueing the rest of the deletion", batch_id
+        )
+        connection.close()  # the signal may have cut a query short
+        batch_users_delete_enqueue(batch_id)
+        raise
+
+
+def batches_reconcile() -> list[int]:
+    """Enqueue a run for each unfinished batch that no live run holds and no job waits for,
+    and a deletion job for each deleting batch whose job is gone; the ids enqueued."""
+    runs, deletions = reconciler.batches_unattended()
+    enqueued = []
+    for batch in runs:
+        logger.info("batch %s: no live run, enqueueing one", batch.pk)
+        if batch_enqueue(batch.pk, runs=_runs_wanted(batch)):
+            enqueued.append(batch.pk)
+    for batch in deletions:
+        logger.info("batch %s: deletion without a job, enqueueing one", batch.pk)
+        if batch_users_delete_enqueue(batch.pk):
+            enqueued.append(batch.pk)
+    return enqueued
+
+
+def database_backup() -> Path:
+    """Back the database up into the backup folder, keeping the newest few; BackupError."""
+    return backups.backup_create(directory=conf.backup_dir(), keep=conf.backup_keep())
+
+
+def batch_enqueue(batch_id: int, *, runs: int = 1) -> bool:
+    """Enqueue `runs` jobs for the batch, each counted on its row first; False (and logged)
+    when Redis cannot be reached."""
+    try:
+        for _ in range(runs):
+            job_id = services.batch_record_enqueued(
+                batch_id=batch_id, job_id_for=partial(queueing.batch_run_job_id, batch_id)
+            )
+            queueing.batch_run_enqueue(batch_id, job_id=job_id)
+    except queueing.QueueUnavailable:
+        # The batch stays pending; the reconciler enqueues it once Redis answers again.
+        logger.warning("batch %s: Redis unreachable, left pending", batch_id, exc_info=True)
+        return False
+    return True
+
+
+def batch_users_delete_enqueue(batch_id: int) -> bool:
+    """Enqueue the job deleting the batch's users; False (and logged) when Redis is down."""
+    try:
+        job_id = queueing.batch_users_delete_enqueue(batch_id)
+    except queueing.QueueUnavailable:
+        # The batch stays "deleting": the reconciler enqueues it once Redis answers again.
+        logger.warning("batch %s: Redis unreachable, deletion not queued", batch_id, exc_info=True)
+        return False
+    services.batch_record_job(batch_id=batch_id, job_id=job_id)
+    return True
+
+
+def _runs_enqueue_on_commit(batch: Batch) -> None:
+    transaction.on_commit(partial(batch_enqueue, batch.pk, runs=_runs_wanted(batch)))
+
+
+def _runs_wanted(batch: Batch) -> int:
+    """How many runs to start: several for a big batch on PostgreSQL, else one.
+
+    SQLite has a single writer, so parallel runs would only queue up behind its lock.
+    """
+    if connection.vendor == "sqlite" or batch.total <= conf.fanout_threshold():
+        return 1
+    return max(1, min(conf.fanout_jobs(), batch.chunks.count()))
