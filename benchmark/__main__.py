@@ -1,5 +1,6 @@
-"""`python -m benchmark`: measure the app against the tutorial's loop, a raw insert floor, its
-worker's memory and the form's latency, on a scratch database and Redis DB index of its own.
+"""`python -m benchmark`: measure the app end to end against the tutorial's loop and the engine's
+own floors, as the table grows and with more workers, its worker's memory and the form's latency,
+on a scratch database and Redis DB index of its own.
 
 A plain program, not a management command, so that nothing of it ships in the app: it sets up
 Django with the project's real settings only to make and check its scratch storage, and drives
@@ -9,6 +10,7 @@ the app from outside (scripts/benchmark runs it with the project's environment).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -40,8 +42,9 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scripts/benchmark",
         description=(
-            "Measure the app against the tutorial's loop, a raw insert floor, its worker's "
-            "memory and the form's latency, on a scratch database and Redis DB index of its own."
+            "Measure the app end to end against the tutorial's loop and the engine's own floors, "
+            "as the table grows and with more workers, its worker's memory and the form's "
+            "latency, on a scratch database and Redis DB index of its own."
         ),
     )
     parser.add_argument(
@@ -59,11 +62,25 @@ def parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="Exit with status 1 when a target is missed."
     )
     parser.add_argument("--tutorial-sample", type=positive_int, metavar="N")
-    parser.add_argument("--app-users", type=positive_int, metavar="N")
-    parser.add_argument("--floor-users", type=positive_int, metavar="N")
-    parser.add_argument("--memory-sizes", type=sizes_list, metavar="N,N")
-    parser.add_argument("--posts", type=positive_int, metavar="N")
-    parser.add_argument("--fanout-users", type=positive_int, metavar="N")
+    parser.add_argument(
+        "--post-users", type=positive_int, metavar="N", help="The form POST's batch (500)."
+    )
+    parser.add_argument(
+        "--cli-users", type=positive_int, metavar="N", help="The CLI's batch (200,000)."
+    )
+    parser.add_argument(
+        "--big-users", type=positive_int, metavar="N", help="The CLI's big batch (1,000,000)."
+    )
+    parser.add_argument("--posts", type=positive_int, metavar="N", help="Enqueue latency POSTs.")
+    parser.add_argument(
+        "--repeats", type=positive_int, metavar="N", help="Runs per figure, best taken (3)."
+    )
+    parser.add_argument(
+        "--big-repeats",
+        type=positive_int,
+        metavar="N",
+        help="Runs per big-batch figure, the floors' and the fan-out's included (3).",
+    )
     parser.add_argument(
         "--redis-db",
         type=int,
@@ -91,16 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     from django.conf import settings
     from django.db import connection
 
-    from . import measurements, report, runner
+    from . import report, runner
+    from . import sizes as sizes_module
 
-    base = measurements.QUICK_SIZES if arguments.quick else measurements.FULL_SIZES
-    sizes = measurements.Sizes(
-        tutorial_sample=arguments.tutorial_sample or base.tutorial_sample,
-        app_users=arguments.app_users or base.app_users,
-        floor_users=arguments.floor_users or base.floor_users,
-        memory_sizes=arguments.memory_sizes or base.memory_sizes,
-        posts=arguments.posts or base.posts,
-        fanout_users=arguments.fanout_users or base.fanout_users,
+    base = sizes_module.QUICK_SIZES if arguments.quick else sizes_module.FULL_SIZES
+    sizes = dataclasses.replace(
+        base,
+        **{
+            name: getattr(arguments, name)
+            for name in (
+                "tutorial_sample",
+                "post_users",
+                "cli_users",
+                "big_users",
+                "posts",
+                "repeats",
+                "big_repeats",
+            )
+            if getattr(arguments, name) is not None
+        },
     )
     json_path = arguments.json or (
         Path(settings.BASE_DIR) / "bench-results" / f"benchmark-{connection.vendor}.json"

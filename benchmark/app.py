@@ -1,8 +1,13 @@
 """The shipped app, used from outside as a person uses it: the form over HTTP against the
-Procfile's web process, `manage.py generate_users` typed at a shell, the Procfile's workers.
+Procfile's web process, `manage.py generate_users` typed at a shell, the Procfile's workers
+started beforehand and waiting for work, as in production.
 
-This process reads the scratch database only to check an outcome (N users made), never to drive
-the app.
+Every app figure is end to end: from the moment the person acts (the POST is sent, the command
+is started) to the batch's `finished_at`, which the worker sets in the transaction that commits
+the last chunk. Both ends are read from the same clock (this machine's wall clock: the worker
+writes `timezone.now()`), so the difference is what the person waits for. The worker's own time
+(`started_at` to `finished_at`) is reported beside it. This process reads the scratch database
+only to see a batch end and check its outcome (N users made), never to drive the app.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import secrets
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,21 +36,41 @@ from .browser import Browser
 from .processes import PeakSampler, Processes
 from .scratch import ScratchRedis
 
+# How often this process looks whether a batch has ended. It only tells when to read the
+# batch's finished_at (the figure), so it need not be fine; a small batch is looked at more
+# often, so that the next repetition does not wait long.
+POLL_SECONDS_SMALL = 0.005
+POLL_SECONDS_BIG = 0.05
+SMALL_BATCH = 10_000
 
-@dataclass
-class CliRun:
-    """One batch through the CLI and burst workers: its timings and the first worker's memory."""
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch from the person's action to its last row committed."""
 
     batch_id: int
     total: int
-    seconds: float
-    wall_seconds: float
-    peak_rss_kib: int
-    proc_peak_kib: int
+    # The person's action (POST sent, command started) to finished_at.
+    end_to_end_seconds: float
+    # The worker's own time, started_at to finished_at.
+    worker_seconds: float
+    # The POST's answer, or the command's run until it printed the batch id and exited.
+    request_seconds: float
 
     @property
     def rate(self) -> float:
-        return self.total / max(self.seconds, 1e-9)
+        return self.total / max(self.end_to_end_seconds, 1e-9)
+
+
+@dataclass
+class Workers:
+    """Workers started from the Procfile and idle before the work; their peak RSS once stopped."""
+
+    processes: list[subprocess.Popen[bytes]]
+    # ru_maxrss of the busiest worker with its work horses; the first one's by sampling VmHWM.
+    peak_rss_kib: int = 0
+    sampled_peak_kib: int = 0
+    samplers: list[PeakSampler] = field(default_factory=list)
 
 
 class App:
@@ -82,13 +110,15 @@ class App:
             raise BenchmarkError("The web process is not running.")
         return self._browser
 
-    def generate_form(self, total: int) -> dict[str, str]:
+    def generate_form(self, total: int, **extra: str) -> dict[str, str]:
         """The generate form as its page serves it (CSRF token, fresh idempotency key), filled."""
         hidden = self.browser.form_fields(reverse("generator:generate"), having="total")
-        return {**hidden, "total": str(total)}
+        return {**hidden, "total": str(total), **extra}
 
-    def post_generate(self, fields: dict[str, str]) -> tuple[int, float]:
-        """Press the form's button: the batch it redirected to, and the seconds the POST took."""
+    def post_generate(self, fields: dict[str, str]) -> tuple[int, datetime, float]:
+        """Press the form's button: the batch it redirected to, when the POST was sent (wall
+        clock) and the seconds it took to answer."""
+        sent_at = datetime.now(UTC)
         started = time.perf_counter()
         response = self.browser.submit(reverse("generator:generate"), fields)
         seconds = time.perf_counter() - started
@@ -103,33 +133,63 @@ class App:
             raise BenchmarkError(
                 f"The form redirected to {response.location}, not a batch."
             ) from None
-        return batch_id, seconds
+        return batch_id, sent_at, seconds
 
     def batch_status(self, batch_id: int) -> dict[str, Any]:
         """The batch as the app reports it (`GET /api/batches/<id>/`)."""
         return self.browser.get_json(reverse("generator:api_batch_detail", args=[batch_id]))
+
+    def form_batch(self, total: int, *, workers: Workers) -> BatchRun:
+        """A form POST of `total` users to idle workers, to its last row committed."""
+        fields = self.generate_form(total)  # the page the person looks at first: not timed
+        batch_id, sent_at, post_seconds = self.post_generate(fields)
+        return self.batch_run(
+            batch_id, total, acted_at=sent_at, request_seconds=post_seconds, workers=workers
+        )
 
     # The command line and the workers ----------------------------------------------------
 
     def queued_jobs(self) -> int:
         return Queue(conf.queue_name(), connection=self.redis.connection).count
 
-    def start_idle_worker(self, *, name: str) -> subprocess.Popen[bytes]:
-        """A worker (not in burst mode) on an empty queue, once it waits for work."""
-        self.redis.reset()
-        worker = self.processes.start_worker(burst=False, name=name)
-        self.processes.wait_for_idle_worker(worker, self.redis.connection)
-        return worker
+    @contextmanager
+    def idle_workers(
+        self, count: int = 1, *, name: str, env: dict[str, str] | None = None
+    ) -> Iterator[Workers]:
+        """`count` Procfile workers on an empty queue, once all wait for work; stopped after.
 
-    def cli_batch(
-        self, total: int, *, name: str, workers: int = 1, env: dict[str, str] | None = None
-    ) -> CliRun:
-        """`generate_users N`, then burst workers until the queue is empty; checks N were made.
-
-        The peak memory is the first worker's (with its work horses).
+        Their peak memory is known once they have stopped (see Processes.start_worker).
         """
         self.redis.reset()
+        started = [
+            self.processes.start_worker(name=f"{name}-worker-{number}", env=env)
+            for number in range(1, count + 1)
+        ]
+        workers = Workers(started)
+        try:
+            self.processes.wait_for_idle_workers(started, self.redis.connection)
+            # The first worker only: it does the whole batch when it is alone, and a sampler
+            # per worker would take CPU from the workers it watches.
+            workers.samplers = [PeakSampler(started[0].pid)]
+            for sampler in workers.samplers:
+                sampler.start()
+            yield workers
+        finally:
+            for sampler in workers.samplers:
+                sampler.stop()
+            for process in started:
+                self.processes.stop(process)
+        workers.peak_rss_kib = max(
+            self.processes.wait_with_rusage(process, timeout=60)[1] for process in started
+        )
+        workers.sampled_peak_kib = max(sampler.peak_kib for sampler in workers.samplers)
+
+    def cli_batch(
+        self, total: int, *, name: str, workers: Workers, env: dict[str, str] | None = None
+    ) -> BatchRun:
+        """`manage.py generate_users N` started as a shell starts it, to the last row committed."""
         env = {"GENERATOR_CLI_MAX_TOTAL": str(max(total, conf.cli_max_total())), **(env or {})}
+        started_at = datetime.now(UTC)
         started = time.perf_counter()
         command = subprocess.run(
             [sys.executable, "manage.py", "generate_users", str(total)],
@@ -139,44 +199,56 @@ class App:
             timeout=120,
             check=False,
         )
+        command_seconds = time.perf_counter() - started
         log_path = self.processes.logs_dir / f"{name}-generate_users.log"
         log_path.write_bytes(command.stdout + command.stderr)
         if command.returncode != 0 or not command.stdout.strip().isdigit():
             raise BenchmarkError(f"generate_users failed: {command.stderr.decode()[-2000:]}")
-        batch_id = int(command.stdout)
-        started_workers = [
-            self.processes.start_worker(burst=True, name=f"{name}-worker-{number}", env=env)
-            for number in range(1, workers + 1)
-        ]
-        worker = started_workers[0]
-        sampler = PeakSampler(worker.pid)
-        sampler.start()
-        try:
-            exits = [
-                self.processes.wait_with_rusage(each, timeout=120 + total / 1000)
-                for each in started_workers
-            ]
-        finally:
-            sampler.stop()
-        wall_seconds = time.perf_counter() - started
-        for each, (returncode, _) in zip(started_workers, exits, strict=True):
-            if returncode != 0:
+        return self.batch_run(
+            int(command.stdout),
+            total,
+            acted_at=started_at,
+            request_seconds=command_seconds,
+            workers=workers,
+        )
+
+    def batch_run(
+        self,
+        batch_id: int,
+        total: int,
+        *,
+        acted_at: datetime,
+        request_seconds: float,
+        workers: Workers,
+    ) -> BatchRun:
+        """Wait for the batch to end; its figures, once N users are checked to be there."""
+        poll = POLL_SECONDS_SMALL if total <= SMALL_BATCH else POLL_SECONDS_BIG
+        deadline = time.monotonic() + 120 + total / 1000
+        done = Batch.DONE_STATUSES
+        while not Batch.objects.filter(pk=batch_id, status__in=done).exists():
+            for process in workers.processes:
+                if process.poll() is not None:
+                    raise BenchmarkError(
+                        f"A worker exited during batch {batch_id}: {self.processes.tail(process)}"
+                    )
+            if time.monotonic() > deadline:
                 raise BenchmarkError(
-                    f"A burst worker exited with {returncode}: {self.processes.tail(each)}"
+                    f"Batch {batch_id} did not finish in time: "
+                    f"{self.processes.tail(workers.processes[0])}"
                 )
+            time.sleep(poll)
         batch = Batch.objects.get(pk=batch_id)
         if batch.status != Batch.Status.FINISHED or not (batch.started_at and batch.finished_at):
             raise BenchmarkError(
-                f"Batch {batch_id} is {batch.status}: {self.processes.tail(worker)}"
+                f"Batch {batch_id} is {batch.status}: {self.processes.tail(workers.processes[0])}"
             )
         self.check_created(batch_id, total)
-        return CliRun(
+        return BatchRun(
             batch_id=batch_id,
             total=total,
-            seconds=(batch.finished_at - batch.started_at).total_seconds(),
-            wall_seconds=wall_seconds,
-            peak_rss_kib=exits[0][1],
-            proc_peak_kib=sampler.peak_kib,
+            end_to_end_seconds=(batch.finished_at - acted_at).total_seconds(),
+            worker_seconds=(batch.finished_at - batch.started_at).total_seconds(),
+            request_seconds=request_seconds,
         )
 
     def check_created(self, batch_id: int, total: int) -> None:

@@ -1,7 +1,7 @@
 """The app's processes, started from the Procfile's lines, and what they cost in memory.
 
 The web process is the Procfile's `web:` line (gunicorn), each worker its `worker:` line, with
-`--burst` appended where the benchmark needs a worker that drains the queue and exits.
+started before the work it is timed on and left waiting for it, as in production.
 """
 
 from __future__ import annotations
@@ -96,37 +96,40 @@ class Processes:
         raise BenchmarkError(f"The web process did not answer within 60 s: {self.tail(process)}")
 
     def start_worker(
-        self, *, burst: bool, name: str, env: dict[str, str] | None = None
+        self, *, name: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        """The Procfile's worker process (in burst mode: until the queue is empty).
+        """The Procfile's worker process, exactly as its line starts it.
 
         Started through a small launcher that reaps it and writes down its peak RSS: see
         LAUNCHER for why the benchmark cannot ask the kernel about its own child.
         """
         rusage_path = self.logs_dir / f"{name}.rusage"
         rusage_path.unlink(missing_ok=True)
-        worker = process_command("worker", *(["--burst"] if burst else []))
+        worker = process_command("worker")
         launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(rusage_path)]
         process = self.start([*launcher, *worker], name=name, env=env)
         self.rusage_paths[process.pid] = rusage_path
         return process
 
-    def wait_for_idle_worker(self, process: subprocess.Popen[bytes], redis: Redis) -> None:
-        """Wait until the worker is registered and blocked on the queue, waiting for work."""
+    def wait_for_idle_workers(self, processes: list[subprocess.Popen[bytes]], redis: Redis) -> None:
+        """Wait until every worker is registered and blocked on the queue, waiting for work."""
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise BenchmarkError(f"The worker exited at start: {self.tail(process)}")
+            for process in processes:
+                if process.poll() is not None:
+                    raise BenchmarkError(f"A worker exited at start: {self.tail(process)}")
             workers = Worker.all(connection=redis)
-            if workers and all(worker.get_state() == "idle" for worker in workers):
+            if len(workers) >= len(processes) and all(w.get_state() == "idle" for w in workers):
                 return
             time.sleep(0.05)
-        raise BenchmarkError(f"The worker was not idle within 60 s: {self.tail(process)}")
+        raise BenchmarkError(
+            f"The workers were not idle within {START_SECONDS} s: {self.tail(processes[0])}"
+        )
 
     def wait_with_rusage(
         self, process: subprocess.Popen[bytes], *, timeout: float
     ) -> tuple[int, int]:
-        """Wait for a worker; its exit code and peak RSS in KiB, work horse included."""
+        """Wait for a worker to exit; its exit code and peak RSS in KiB, work horses included."""
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

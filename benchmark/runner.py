@@ -7,12 +7,14 @@ import os
 import platform
 import signal
 import socket
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import django
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -20,10 +22,11 @@ from generator import conf
 
 from . import BenchmarkError
 from .app import App
-from .measurements import Bench, Sizes
+from .measurements import Bench, engine_version
 from .processes import Processes
 from .report import Report
 from .scratch import Log, scratch_database, scratch_redis
+from .sizes import Sizes
 
 
 def run(*, sizes: Sizes, quick: bool, redis_db: int, logs_dir: Path, log: Log) -> Report:
@@ -89,10 +92,57 @@ def run_context(sizes: Sizes, *, database: str, redis_db: int, logs: Path) -> di
         "started_at": timezone.now().isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_gb": memory_gb(),
+        "engine_version": engine_version(),
+        "repeats": sizes.repeats,
+        "big_repeats": sizes.big_repeats,
         "python": platform.python_version(),
         "django": django.get_version(),
         "chunk_size": conf.chunk_size(),
         "sizes": asdict(sizes),
+        "code": code_version(),
         "scratch": {"database": database, "redis_db": redis_db},
         "logs": str(logs),
+    }
+
+
+def cpu_model() -> str:
+    """The processor's name as the kernel reports it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def memory_gb() -> float:
+    """The machine's memory in GB."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError):
+        return 0.0
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured and the files changed since, so that runs can be told apart."""
+
+    def git(*arguments: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *arguments],
+                cwd=settings.BASE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD").strip(),
+        "changed": [line[3:] for line in git("status", "--porcelain").splitlines()],
     }

@@ -16,11 +16,13 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
+from django.core.management.color import no_style
 from django.db import connection
 from django_rq.connection_utils import get_redis_connection
 from redis import Redis
 
 from generator import conf
+from generator.models import Batch, BatchChunk, User
 
 from . import BenchmarkError
 
@@ -68,6 +70,36 @@ def scratch_database(log: Log) -> Iterator[tuple[str, str]]:
         settings_dict["TEST"] = old_test
         for path in sqlite_files if connection.vendor == "sqlite" else []:
             path.unlink(missing_ok=True)
+
+
+def app_tables_reset() -> None:
+    """Empty the user and batch tables (and what refers to them), as on a fresh install.
+
+    So that each repetition of a figure starts from the same table, not from the one before's.
+    Only between measurements, with no app process writing: the web process is stopped by
+    then, and the person it logged in is deleted with the rest.
+    """
+    tables = [model._meta.db_table for model in (BatchChunk, Batch, User)]
+    # PostgreSQL: TRUNCATE ... CASCADE. SQLite: DELETE FROM each table, which SQLite empties
+    # in one go when no foreign key is checked (else it deletes row by row).
+    statements = connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
+    with connection.constraint_checks_disabled():
+        connection.ops.execute_sql_flush(statements)
+    if connection.vendor == "sqlite":
+        # The emptied pages would stay in the file, scattered, for the next rows to reuse: a
+        # fresh install has none (TRUNCATE gives PostgreSQL fresh files). Quick once empty.
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM")
+
+
+def database_settle() -> None:
+    """Write out what the last run left in the log (a CHECKPOINT; SQLite: its WAL into the
+    file), so that the next timed run does not pay for the one before."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("CHECKPOINT")
+        else:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def subprocess_database_url(name: str) -> str:

@@ -19,9 +19,21 @@ from .support import subprocess_env
 
 pytestmark = pytest.mark.processes
 
-MEASUREMENTS = {"tutorial_vs_app", "floor_vs_app", "worker_memory", "enqueue_latency"}
+MEASUREMENTS = {
+    "post_vs_tutorial",
+    "cli_big_vs_limit",
+    "cli_vs_limit",
+    "growth",
+    "worker_memory",
+    "chunk_overhead",
+    "enqueue_latency",
+    "password_in_redis",
+}
 # SQLite has one writer, so big batches fan out on PostgreSQL only.
-POSTGRES_MEASUREMENTS = {*MEASUREMENTS, "fanout_scaling"}
+POSTGRES_MEASUREMENTS = {*MEASUREMENTS, "fanout"}
+# Figures that are counts of what must not be there, or a difference of two timings.
+ZERO_FIGURES = {"found_in_redis", "found_in_logs"}
+SIGNED_FIGURES = {"per_chunk_ms"}
 
 
 def numbers_in(value: Any) -> list[float]:
@@ -77,14 +89,46 @@ def test_quick_benchmark_reports_every_measurement_with_figures(quick_run):
     on_postgres = settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3"
     assert set(report["measurements"]) == (POSTGRES_MEASUREMENTS if on_postgres else MEASUREMENTS)
     for key, measurement in report["measurements"].items():
-        figures = numbers_in(measurement["figures"])
-        assert figures, key
-        assert all(number > 0 for number in figures), (key, measurement["figures"])
+        figures = measurement["figures"]
+        measured = {
+            name: value
+            for name, value in figures.items()
+            if name not in ZERO_FIGURES | SIGNED_FIGURES
+        }
+        assert numbers_in(measured), key
+        assert all(number > 0 for number in numbers_in(measured)), (key, figures)
+        assert all(figures[name] == 0 for name in ZERO_FIGURES & figures.keys()), (key, figures)
         assert isinstance(measurement["met"], bool)
-        assert measurement["target"]
-    assert report["measurements"]["worker_memory"]["figures"]["sizes"] == [2000, 4000]
-    titles = ["tutorial loop vs app", "app vs insert floor", "peak RSS", "enqueue latency"]
-    for title in titles + (["1 worker vs 2"] if on_postgres else []):
+        # Information rows have no target and are never missed.
+        assert measurement["target"] or measurement["met"]
+    measurements = report["measurements"]
+    assert measurements["password_in_redis"]["met"] is True
+    assert measurements["worker_memory"]["figures"]["sizes"] == [2000, 4000]
+    assert measurements["growth"]["figures"]["batches"] == 5
+    limit = "COPY" if on_postgres else "executemany"
+    for key in ("cli_vs_limit", "cli_big_vs_limit"):
+        figures = measurements[key]["figures"]
+        assert figures["limit"] == limit
+        assert set(figures["floors"]) == ({"executemany", "COPY"} if on_postgres else {limit})
+        # End to end includes the worker's own time, and the ratio is best against best.
+        end_to_end, worker = figures["end_to_end"], figures["worker"]
+        assert end_to_end["min_seconds"] > worker["min_seconds"]
+        assert end_to_end["min_seconds"] <= end_to_end["median_seconds"]
+        assert end_to_end["median_seconds"] <= end_to_end["max_seconds"]
+        best_limit = figures["floors"][limit]["best_users_per_second"]
+        assert figures["ratio"] == end_to_end["best_users_per_second"] / best_limit
+    assert len(measurements["cli_vs_limit"]["figures"]["end_to_end"]["seconds"]) == 2
+    if on_postgres:
+        assert set(measurements["fanout"]["figures"]["end_to_end"]) == {"1", "2", "4"}
+    titles = [
+        "POST → last row",
+        "CLI vs limit",
+        "table growing",
+        "peak RSS",
+        "enqueue latency",
+        "no password in Redis",
+    ]
+    for title in titles + (["1, 2, 4 workers"] if on_postgres else []):
         assert title in table
     assert "not enforced" in table
 
