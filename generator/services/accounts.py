@@ -8,13 +8,12 @@ import secrets
 import string
 
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
-from django.db import connection
 from django.utils import timezone
 from faker import Faker
 from faker.providers.person.en_US import Provider as PersonProvider
 
 from ..models import Batch, BatchChunk
-from .writers import UserRow, user_rows_insert
+from .writers import SharedValues, UserRow, user_rows_insert
 
 USERNAME_PREFIX = "user_"
 USERNAME_RANDOM_LENGTH = 10
@@ -39,28 +38,22 @@ def users_insert(
         if batch.password_hash
         else unusable_passwords(len(usernames))
     )
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    batch_id = batch.pk
-    # In the order of writers.USER_INSERT_COLUMNS.
+    # In the order of writers.ROW_COLUMNS; what all of them share is written once.
     rows: list[UserRow] = [
-        (
-            username,
-            f"{username}@{EMAIL_DOMAIN}",
-            first_name,
-            last_name,
-            password,
-            now,
-            batch_id,
-            None,
-            False,
-            False,
-            True,
-        )
+        (username, f"{username}@{EMAIL_DOMAIN}", first_name, last_name, password)
         for username, (first_name, last_name), password in zip(
             usernames, names, passwords, strict=True
         )
     ]
-    return user_rows_insert(rows)
+    shared = SharedValues(
+        date_joined=timezone.now(),
+        batch_id=batch.pk,
+        last_login=None,
+        is_superuser=False,
+        is_staff=False,
+        is_active=True,
+    )
+    return user_rows_insert(rows, shared)
 
 
 def usernames_draw(rng: random.Random, count: int) -> list[str]:

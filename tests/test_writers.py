@@ -1,0 +1,166 @@
+"""The raw user writers on the engine under test: COPY straight into the user table on
+PostgreSQL, redone through a staging table only when a username is taken; executemany with the
+shared values written once on SQLite; and SQLite connections sized for the username index."""
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+from django.conf import settings
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+
+from generator import services
+from generator.models import Batch, User
+from generator.services import writers
+
+SEED = 20261201
+CHUNK_SIZE = 100
+STAGING = writers.USER_STAGING_TABLE
+
+
+def seeded_batch(total: int) -> Batch:
+    return services.batch_create(requested_by=None, total=total, chunk_size=CHUNK_SIZE, seed=SEED)
+
+
+def chunk_draws(index: int, *counts: int) -> list[list[str]]:
+    """The usernames a seeded chunk draws, call by call (its first draw, then its top-ups)."""
+    rng = random.Random(f"{SEED}:{index}")
+    return [services.usernames_draw(rng, count) for count in counts]
+
+
+def usernames_of(batch: Batch) -> set[str]:
+    return set(User.objects.filter(batch=batch).values_list("username", flat=True))
+
+
+def staging_inserts(queries: CaptureQueriesContext) -> list[str]:
+    return [
+        query["sql"]
+        for query in queries.captured_queries
+        if query["sql"].startswith("INSERT") and STAGING in query["sql"]
+    ]
+
+
+@pytest.mark.django_db
+def test_chunks_whose_usernames_are_free_go_straight_into_the_user_table() -> None:
+    batch = seeded_batch(250)
+
+    with CaptureQueriesContext(connection) as queries:
+        services.batch_generate_users(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert (batch.status, batch.created_count) == (Batch.Status.FINISHED, 250)
+    expected = {
+        name for index, size in enumerate([100, 100, 50]) for name in chunk_draws(index, size)[0]
+    }
+    assert usernames_of(batch) == expected
+    assert not any(STAGING in query["sql"] for query in queries.captured_queries)
+
+
+@pytest.mark.django_db
+def test_a_taken_username_sends_only_its_chunk_the_slow_way_and_it_still_makes_its_size() -> None:
+    first_draw, top_up = chunk_draws(0, CHUNK_SIZE, 1)
+    taken = first_draw[37]
+    person = User.objects.create(username=taken)
+    batch = seeded_batch(2 * CHUNK_SIZE)
+
+    with CaptureQueriesContext(connection) as queries:
+        services.batch_generate_users(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert batch.created_count == 2 * CHUNK_SIZE
+    # The taken name is skipped and the chunk's own generator draws one more, as before.
+    (second_chunk,) = chunk_draws(1, CHUNK_SIZE)
+    assert usernames_of(batch) == (set(first_draw) - {taken}) | set(top_up) | set(second_chunk)
+    person.refresh_from_db()
+    assert person.batch is None
+    if connection.vendor == "postgresql":
+        # Once, for the first chunk's first COPY; its top-up and the second chunk were free.
+        assert len(staging_inserts(queries)) == 1
+
+
+@pytest.mark.django_db
+def test_values_that_copy_would_misread_are_written_as_given() -> None:
+    batch = services.batch_create(requested_by=None, total=3)
+    joined = datetime(2026, 12, 1, 15, 4, 5, 123456, tzinfo=UTC)
+    shared = writers.SharedValues(
+        date_joined=joined,
+        batch_id=batch.pk,
+        last_login=None,
+        is_superuser=False,
+        is_staff=False,
+        is_active=True,
+    )
+    odd_names = [
+        ("Tab\there", "back\\slash"),
+        ("new\nline", "carriage\rreturn"),
+        ("O'Brien", "%s%%"),
+    ]
+    rows = [
+        (f"user_odd{number}", f"user_odd{number}@example.com", first, last, "!unusable")
+        for number, (first, last) in enumerate(odd_names)
+    ]
+
+    assert writers.user_rows_insert(rows, shared) == 3
+
+    written = User.objects.filter(batch=batch).order_by("username")
+    assert [(user.first_name, user.last_name) for user in written] == odd_names
+    for user in written:
+        assert user.date_joined == joined
+        assert user.last_login is None
+        assert (user.is_superuser, user.is_staff, user.is_active) == (False, False, True)
+        assert not user.has_usable_password()
+
+
+@pytest.mark.django_db
+def test_rows_whose_usernames_are_taken_are_skipped_by_the_writer() -> None:
+    batch = services.batch_create(requested_by=None, total=2)
+    User.objects.create(username="user_takenalrdy")
+    shared = writers.SharedValues(
+        date_joined=datetime.now(UTC),
+        batch_id=batch.pk,
+        last_login=None,
+        is_superuser=False,
+        is_staff=False,
+        is_active=True,
+    )
+    rows = [
+        (name, f"{name}@example.com", "", "", "!unusable")
+        for name in ["user_freenamexx", "user_takenalrdy", "user_freenameyy"]
+    ]
+
+    assert writers.user_rows_insert(rows, shared) == 2
+    assert usernames_of(batch) == {"user_freenamexx", "user_freenameyy"}
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's connection settings")
+@pytest.mark.django_db
+def test_every_new_sqlite_connection_has_a_page_cache_sized_for_the_username_index() -> None:
+    # A connection of its own, opened as the worker's work horse opens one after its fork.
+    fresh = connections.create_connection("default")
+    try:
+        with fresh.cursor() as cursor:
+            pragmas = {}
+            for name in (
+                "cache_size",
+                "temp_store",
+                "wal_autocheckpoint",
+                "journal_mode",
+                "synchronous",
+            ):
+                cursor.execute(f"PRAGMA {name}")
+                pragmas[name] = cursor.fetchone()[0]
+    finally:
+        fresh.close()
+    # Negative: KiB, not pages. temp_store 2 is MEMORY; synchronous 1 is NORMAL.
+    assert pragmas == {
+        "cache_size": -settings.SQLITE_CACHE_KIB,
+        "temp_store": 2,
+        "wal_autocheckpoint": settings.SQLITE_WAL_AUTOCHECKPOINT_PAGES,
+        "journal_mode": "wal",
+        "synchronous": 1,
+    }
+    # Room for the username index of a million users (~40 MB), and fewer checkpoints than
+    # SQLite's default of one per 1,000 pages.
+    assert settings.SQLITE_CACHE_KIB >= 64 * 1024
+    assert settings.SQLITE_WAL_AUTOCHECKPOINT_PAGES > 1_000
