@@ -25,7 +25,7 @@ DEFAULTS = {
     "min_total": 50,
     "max_total": 500,
     "cli_max_total": 10_000_000,
-    "chunk_size": 5_000,
+    "chunk_size": 20_000,  # the bare environment is SQLite; PostgreSQL's default is 5,000
     "job_timeout": 6 * 60 * 60,
     "page_size": 50,
     "queue_name": "default",
