@@ -27,11 +27,14 @@ class GeneratorSettings:
     job_timeout: int
     page_size: int
     queue_name: str
+    maintenance_queue_name: str
     lease_seconds: int
+    worker_heartbeat_seconds: int
     fanout_threshold: int
     fanout_jobs: int
     reconcile_grace_seconds: int
     reconcile_interval_seconds: int
+    database_wait_seconds: int
     max_active_batches_per_user: int
     max_users_per_day: int
     backup_dir: Path
@@ -48,11 +51,14 @@ class GeneratorSettings:
             job_timeout=_setting("GENERATOR_JOB_TIMEOUT", int),
             page_size=_setting("GENERATOR_PAGE_SIZE", int),
             queue_name=_setting("GENERATOR_QUEUE", str),
+            maintenance_queue_name=_setting("GENERATOR_MAINTENANCE_QUEUE", str),
             lease_seconds=_setting("GENERATOR_LEASE_SECONDS", int),
+            worker_heartbeat_seconds=_setting("GENERATOR_WORKER_HEARTBEAT_SECONDS", int),
             fanout_threshold=_setting("GENERATOR_FANOUT_THRESHOLD", int),
             fanout_jobs=_setting("GENERATOR_FANOUT_JOBS", int),
             reconcile_grace_seconds=_setting("GENERATOR_RECONCILE_GRACE_SECONDS", int),
             reconcile_interval_seconds=_setting("GENERATOR_RECONCILE_INTERVAL_SECONDS", int),
+            database_wait_seconds=_setting("GENERATOR_DATABASE_WAIT_SECONDS", int),
             max_active_batches_per_user=_setting("GENERATOR_MAX_ACTIVE_BATCHES_PER_USER", int),
             max_users_per_day=_setting("GENERATOR_MAX_USERS_PER_DAY", int),
             backup_dir=_path_setting("GENERATOR_BACKUP_DIR"),
@@ -127,8 +133,16 @@ def queue_name() -> str:
     return current().queue_name
 
 
+def maintenance_queue_name() -> str:
+    return current().maintenance_queue_name
+
+
 def lease_seconds() -> int:
     return current().lease_seconds
+
+
+def worker_heartbeat_seconds() -> int:
+    return current().worker_heartbeat_seconds
 
 
 def fanout_threshold() -> int:
@@ -145,6 +159,10 @@ def reconcile_grace_seconds() -> int:
 
 def reconcile_interval_seconds() -> int:
     return current().reconcile_interval_seconds
+
+
+def database_wait_seconds() -> int:
+    return current().database_wait_seconds
 
 
 def max_active_batches_per_user() -> int:

@@ -1,4 +1,9 @@
-"""Jobs for RQ's cron scheduler: `python manage.py rqcron generator.cron` (Procfile `cron:`)."""
+"""Jobs for RQ's cron scheduler: `python manage.py rqcron generator.cron` (Procfile `cron:`).
+
+They go to the maintenance queue, which the Procfile's `maintenance:` worker serves alone, so a
+multi-hour batch on the batch workers never delays them. The workers reconcile by themselves
+(at start, after each job, between chunks, while idle): the scheduled reconcile is a safety net.
+"""
 
 from rq import cron
 
@@ -9,7 +14,7 @@ BACKUP_WAIT_SECONDS = 60 * 60
 
 cron.register(
     jobs.batches_reconcile,
-    queue_name=conf.queue_name(),
+    queue_name=conf.maintenance_queue_name(),
     interval=conf.reconcile_interval_seconds(),
     # While every worker is busy with a long batch, a waiting reconcile is superseded by the
     # next one: let it expire instead of piling up in the queue.
@@ -18,7 +23,7 @@ cron.register(
 )
 cron.register(
     jobs.database_backup,
-    queue_name=conf.queue_name(),
+    queue_name=conf.maintenance_queue_name(),
     cron=conf.backup_cron(),
     ttl=BACKUP_WAIT_SECONDS,
     name="database_backup",

@@ -7,6 +7,7 @@ Redis and in the cron registrations: these names are a contract with what is alr
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -25,17 +26,26 @@ def batch_run(batch_id: int) -> dict[str, Any]:
     job = get_current_job()
     # Unique per execution: the dashboard can requeue a job id that is still running.
     run_id = f"{job.id if job else 'run'}:{uuid.uuid4().hex[:8]}"
+    # The work horse outlives a worker killed with SIGKILL (it has a process group of its
+    # own), but that worker's leases are void and taken over: the run must stop, not race.
+    worker_pid = os.getppid()
 
     def report(batch: Batch) -> None:
         _progress_show(job, batch.pk, created=batch.created_count, total=batch.total)
 
-    batch = use_cases.batch_run(batch_id=batch_id, run_id=run_id, on_progress=report)
+    batch = use_cases.batch_run(
+        batch_id=batch_id,
+        run_id=run_id,
+        on_progress=report,
+        holder=(job.worker_name or "", job.id) if job else ("", ""),
+        keep_going=lambda: os.getppid() == worker_pid,
+    )
     return {"batch_id": batch.pk, "status": batch.status, "created": batch.created_count}
 
 
 def batches_reconcile() -> dict[str, Any]:
     """Enqueue runs for batches nothing is working on (scheduled, and at worker start)."""
-    return {"enqueued": use_cases.batches_reconcile()}
+    return {"enqueued": use_cases.batches_reconcile().enqueued}
 
 
 def database_backup() -> dict[str, Any]:

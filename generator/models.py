@@ -168,9 +168,12 @@ class BatchChunk(models.Model):
     index = models.PositiveIntegerField()
     size = models.PositiveIntegerField()
     done = models.BooleanField(default=False)
-    # A run holds a chunk while it fills it; a lease that runs out (a killed worker) frees it.
+    # A run holds a chunk while it fills it. Its lease is void once it runs out, or as soon as
+    # the RQ worker it names is dead or on another job (a killed worker, a killed work horse).
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    lease_worker = models.CharField(max_length=200, blank=True)
+    lease_job = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["batch", "index"]

@@ -7,10 +7,19 @@ generator.jobs defines and lists in RQ_ENTRY_POINTS, the worker's allowlist.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
+import os
+import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import django_rq
+from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.exceptions import ShutDownImminentException
 from rq.job import Job, JobStatus
@@ -31,8 +40,22 @@ WorkerShutdown = ShutDownImminentException
 JobTimedOut = JobTimeoutException
 
 
+# A worker's own heartbeat, beside RQ's, with an expiry of a few beats: a worker that stops
+# beating (killed, frozen, cut off) drops out by Redis's clock alone, no clocks compared.
+WORKER_BEAT_KEY = "generator:worker-beat:{}"
+BEATS_MISSED_FOR_DEATH = 3
+
+# Who holds a chunk lease: the RQ worker's name and the id of the job it runs.
+LeaseHolder = tuple[str, str]
+
+
 def batch_queue() -> Queue:
     return django_rq.get_queue(conf.queue_name())
+
+
+def maintenance_queue() -> Queue:
+    """The reconcile and backup jobs' queue, served by a worker of its own."""
+    return django_rq.get_queue(conf.maintenance_queue_name())
 
 
 # Job ids are ours, not RQ's: django-rq enqueues on commit and returns no job inside a
@@ -83,21 +106,89 @@ def batch_users_delete_enqueue(batch_id: int) -> str:
     return job_id
 
 
-def jobs_waiting(job_ids: Iterable[str]) -> set[str]:
-    """Those of the jobs that wait in the queue (queued, scheduled or deferred)."""
-    return _jobs_in(job_ids, WAITING)
+@dataclass(frozen=True)
+class JobsSeen:
+    """Of the jobs asked about: those Redis has, and those it has that are attended (waiting
+    in the queue, or run right now by a live worker)."""
+
+    found: set[str]
+    attended: set[str]
 
 
-def jobs_alive(job_ids: Iterable[str]) -> set[str]:
-    """Those of the jobs that wait or run (a killed worker's job stays "started" until RQ's
-    next maintenance)."""
-    return _jobs_in(job_ids, {*WAITING, JobStatus.STARTED})
-
-
-def _jobs_in(job_ids: Iterable[str], statuses: set[JobStatus]) -> set[str]:
+def jobs_seen(job_ids: Iterable[str]) -> JobsSeen:
+    """What Redis knows of the jobs. A job "started" by a worker that died stays so until
+    RQ's next maintenance: that does not count as attended."""
     wanted = [job_id for job_id in job_ids if job_id]
     if not wanted:
-        return set()
+        return JobsSeen(found=set(), attended=set())
     queue = batch_queue()
-    jobs = Job.fetch_many(wanted, connection=queue.connection, serializer=queue.serializer)
-    return {job.id for job in jobs if job is not None and job.get_status(refresh=False) in statuses}
+    jobs = [
+        job
+        for job in Job.fetch_many(wanted, connection=queue.connection, serializer=queue.serializer)
+        if job is not None
+    ]
+    waiting = {job.id for job in jobs if job.get_status(refresh=False) in WAITING}
+    running = {
+        (job.worker_name or "", job.id)
+        for job in jobs
+        if job.get_status(refresh=False) == JobStatus.STARTED
+    }
+    alive = {job_id for _, job_id in running - lease_holders_gone(running)}
+    return JobsSeen(found={job.id for job in jobs}, attended=waiting | alive)
+
+
+def lease_holders_gone(holders: Collection[LeaseHolder]) -> set[LeaseHolder]:
+    """Those of the (worker, job) holders whose worker is dead or no longer runs that job."""
+    named = [holder for holder in holders if holder[0]]
+    gone = {holder for holder in holders if not holder[0]}
+    if not named:
+        return gone
+    beats = batch_queue().connection.mget([WORKER_BEAT_KEY.format(name) for name, _ in named])
+    return gone | {
+        holder for holder, beat in zip(named, beats, strict=True) if not _beats_for(beat, holder)
+    }
+
+
+def worker_beat(
+    connection: Redis | Pipeline, *, worker_name: str, worker_pid: int, job_id: str
+) -> None:
+    """Say that the worker lives and runs `job_id` ("" when idle), for a few beats' time."""
+    ttl = BEATS_MISSED_FOR_DEATH * conf.worker_heartbeat_seconds() + 1
+    beat = {"host": _this_host(), "pid": worker_pid, "job": job_id}
+    connection.set(WORKER_BEAT_KEY.format(worker_name), json.dumps(beat), ex=ttl)
+
+
+def _beats_for(beat: bytes | str | None, holder: LeaseHolder) -> bool:
+    if beat is None:
+        return False
+    fields = json.loads(beat)
+    if fields["job"] != holder[1]:
+        return False  # its work horse died, or it went on to another job
+    # On its own host a worker whose process is gone is dead now, not a few beats later.
+    return fields["host"] != _this_host() or _process_alive(fields["pid"])
+
+
+@functools.cache
+def _this_host() -> str:
+    """This machine and PID namespace: where a worker's process id means the same process."""
+    parts = [socket.gethostname()]
+    # Not on Linux, the host name alone.
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return "/".join(part.strip() for part in parts)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process, alive
+    try:
+        # A killed process its parent has not reaped yet is a zombie: dead all the same.
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in {"Z", "X"}

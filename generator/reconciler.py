@@ -1,56 +1,114 @@
 """The reconciler's judgement: which batches no live run or job is working on.
 
 That covers a batch whose enqueue failed (Redis down at commit), whose job Redis lost (a
-restart without persistence), and whose run died (a killed worker: its chunk leases run
-out). use_cases.batches_reconcile enqueues what this finds; an extra run is harmless, it
-finds nothing to claim and ends.
+restart without persistence), and whose run died (a killed worker or work horse: its chunk
+leases name a worker that no longer beats, or no longer runs that job). use_cases
+.batches_reconcile enqueues what this finds; an extra run is harmless, it finds nothing to
+claim and ends.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db import connection
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from . import conf, queueing
 from .models import Batch, BatchChunk
 
-
-def batches_unattended() -> tuple[list[Batch], list[Batch]]:
-    """The unfinished batches that want a run, and the deleting ones that want a job."""
-    quiet_since = timezone.now() - timedelta(seconds=conf.reconcile_grace_seconds())
-    generating = list(batches_without_a_live_run(quiet_since=quiet_since))
-    waiting = queueing.jobs_waiting(batch.last_job_id for batch in generating)
-    deleting = list(batches_deleting(quiet_since=quiet_since))
-    # A deletion holds no lease: its job is alive while RQ has it waiting or started.
-    alive = queueing.jobs_alive(batch.last_job_id for batch in deleting)
-    return (
-        [batch for batch in generating if batch.last_job_id not in waiting],
-        [batch for batch in deleting if batch.last_job_id not in alive],
-    )
+# A batch's run jobs looked at, newest first: enough for any fan-out and its restarts.
+RUN_JOBS_LOOKED_AT = 50
 
 
-def batches_without_a_live_run(*, quiet_since: datetime) -> QuerySet[Batch]:
-    """Unfinished batches with no chunk under a live lease and no job enqueued lately."""
-    live_lease = BatchChunk.objects.filter(
-        batch=OuterRef("pk"), done=False, lease_expires_at__gt=timezone.now()
-    )
-    return (
-        Batch.objects.active()
-        .filter(
-            Q(last_enqueued_at__lt=quiet_since)
-            | Q(last_enqueued_at__isnull=True, created_at__lt=quiet_since)
-        )
-        .exclude(Exists(live_lease))
+@dataclass(frozen=True)
+class Unattended:
+    """What wants a job now: each batch with the number of runs it lacks, and the deleting
+    batches without a job; and when to look again at those whose job may still be on its way
+    (committed, not yet in Redis)."""
+
+    runs: list[tuple[Batch, int]] = field(default_factory=list)
+    deletions: list[Batch] = field(default_factory=list)
+    look_again_in: float | None = None
+
+
+def batches_unattended(*, except_batch: int | None = None) -> Unattended:
+    now = timezone.now()
+    in_flight_since = now - timedelta(seconds=conf.reconcile_grace_seconds())
+    others = Batch.objects.exclude(pk=except_batch) if except_batch else Batch.objects.all()
+    generating = list(
+        others.active()
+        .annotate(chunks_left=Count("chunks", filter=Q(chunks__done=False)))
         .order_by("created_at")
     )
-
-
-def batches_deleting(*, quiet_since: datetime) -> QuerySet[Batch]:
-    """Batches whose users are being deleted and that got no job lately."""
-    return (
-        Batch.objects.deleting()
-        .filter(Q(last_enqueued_at__lt=quiet_since) | Q(last_enqueued_at__isnull=True))
-        .order_by("created_at")
+    held = batches_under_live_lease([batch.pk for batch in generating], now=now)
+    # A deletion holds no lease: its job is alive while it waits or a live worker runs it.
+    deleting = list(others.deleting().order_by("created_at"))
+    seen = queueing.jobs_seen(
+        [job_id for batch in generating for job_id in _run_job_ids(batch)]
+        + [batch.last_job_id for batch in deleting]
     )
+    attended = seen.attended
+    runs: list[tuple[Batch, int]] = []
+    deletions: list[Batch] = []
+    in_flight: list[Batch] = []
+    for batch in generating:
+        live_runs = len(attended.intersection(_run_job_ids(batch)))
+        lacking = min(runs_wanted(batch), batch.chunks_left) - live_runs
+        if live_runs == 0 and batch.pk in held:
+            continue  # a run outside RQ's jobs, or one whose job Redis lost, still works on it
+        if lacking <= 0:
+            continue
+        if batch.last_job_id not in seen.found and _enqueued_at(batch) >= in_flight_since:
+            in_flight.append(batch)
+        else:
+            runs.append((batch, lacking))
+    for deletion in deleting:
+        if deletion.last_job_id in attended:
+            continue
+        on_its_way = deletion.last_job_id not in seen.found
+        if on_its_way and _enqueued_at(deletion) >= in_flight_since:
+            in_flight.append(deletion)
+        else:
+            deletions.append(deletion)
+    look_again_in = None
+    if in_flight:
+        oldest = min(_enqueued_at(batch) for batch in in_flight)
+        look_again_in = max(0.0, (oldest - in_flight_since).total_seconds())
+    return Unattended(runs=runs, deletions=deletions, look_again_in=look_again_in)
+
+
+def runs_wanted(batch: Batch) -> int:
+    """How many runs a batch wants at once: several for a big batch on PostgreSQL, else one.
+
+    SQLite has a single writer, so parallel runs would only queue up behind its lock.
+    """
+    if connection.vendor == "sqlite" or batch.total <= conf.fanout_threshold():
+        return 1
+    return max(1, min(conf.fanout_jobs(), batch.chunks.count()))
+
+
+def _run_job_ids(batch: Batch) -> list[str]:
+    first = max(1, batch.jobs_enqueued - RUN_JOBS_LOOKED_AT + 1)
+    return [
+        queueing.batch_run_job_id(batch.pk, number)
+        for number in range(first, batch.jobs_enqueued + 1)
+    ]
+
+
+def batches_under_live_lease(batch_ids: list[int], *, now: datetime) -> set[int]:
+    """Those of the batches with a chunk leased to a run that is alive."""
+    leases = set(
+        BatchChunk.objects.filter(batch_id__in=batch_ids, done=False, lease_expires_at__gt=now)
+        .exclude(lease_owner="")
+        .values_list("batch_id", "lease_worker", "lease_job")
+    )
+    # A lease taken outside RQ's workers names none: only its expiry tells.
+    gone = queueing.lease_holders_gone({(worker, job) for _, worker, job in leases if worker})
+    return {batch_id for batch_id, worker, job in leases if not worker or (worker, job) not in gone}
+
+
+def _enqueued_at(batch: Batch) -> datetime:
+    return batch.last_enqueued_at or batch.created_at

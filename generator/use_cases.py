@@ -9,6 +9,9 @@ read yet. Neither HTTP nor RQ is known here; the adapter translates RQ's signals
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Unpack
@@ -21,6 +24,18 @@ from .models import Batch, User
 from .services import BatchOptions, ProgressCallback
 
 logger = logging.getLogger(__name__)
+
+# How often a run, between its chunks, looks for other batches nothing works on.
+LOOK_AROUND_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The batches a reconcile enqueued, and in how many seconds to look again at those whose
+    job may still be on its way (None: no need)."""
+
+    enqueued: list[int]
+    look_again_in: float | None
 
 
 @sensitive_variables("options")
@@ -72,12 +87,37 @@ def batch_users_delete_submit(*, batch_id: int) -> Batch:
     return batch
 
 
-def batch_run(*, batch_id: int, run_id: str, on_progress: ProgressCallback) -> Batch:
-    """One run of the batch (a job): fill its free chunks. A stopping worker hands the batch
-    over to the next run; any other error fails the batch with a reason a person can read."""
+def batch_run(
+    *,
+    batch_id: int,
+    run_id: str,
+    on_progress: ProgressCallback,
+    holder: queueing.LeaseHolder = ("", ""),
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Batch:
+    """One run of the batch (a job): fill its free chunks, a dead run's first, and between
+    chunks look after the other batches too. A stopping worker hands the batch over to the
+    next run; any other error fails the batch with a reason a person can read.
+
+    `holder` names the RQ worker and job the run's leases belong to; `keep_going` is asked
+    between chunks (no: the run's worker died, and the run stops).
+    """
+    look_around = _at_most_every(
+        LOOK_AROUND_SECONDS, partial(_others_reconcile, except_batch=batch_id)
+    )
+
+    def progressed(batch: Batch) -> None:
+        on_progress(batch)
+        look_around()
+
     try:
         return services.batch_generate_users(
-            batch_id=batch_id, run_id=run_id, on_progress=on_progress
+            batch_id=batch_id,
+            run_id=run_id,
+            holder=holder,
+            holders_gone=queueing.lease_holders_gone,
+            on_progress=progressed,
+            keep_going=keep_going,
         )
     except queueing.WorkerShutdown:
         # A platform restart (SIGTERM): hand the chunks over and queue the rest for the next
@@ -122,20 +162,20 @@ def batch_users_delete_run(*, batch_id: int, on_progress: ProgressCallback) -> B
         raise
 
 
-def batches_reconcile() -> list[int]:
+def batches_reconcile(*, except_batch: int | None = None) -> Reconciled:
     """Enqueue a run for each unfinished batch that no live run holds and no job waits for,
-    and a deletion job for each deleting batch whose job is gone; the ids enqueued."""
-    runs, deletions = reconciler.batches_unattended()
+    and a deletion job for each deleting batch whose job is gone."""
+    unattended = reconciler.batches_unattended(except_batch=except_batch)
     enqueued = []
-    for batch in runs:
-        logger.info("batch %s: no live run, enqueueing one", batch.pk)
-        if batch_enqueue(batch.pk, runs=_runs_wanted(batch)):
+    for batch, lacking in unattended.runs:
+        logger.info("batch %s: %s run(s) fewer than it wants alive, enqueueing", batch.pk, lacking)
+        if batch_enqueue(batch.pk, runs=lacking):
             enqueued.append(batch.pk)
-    for batch in deletions:
+    for batch in unattended.deletions:
         logger.info("batch %s: deletion without a job, enqueueing one", batch.pk)
         if batch_users_delete_enqueue(batch.pk):
             enqueued.append(batch.pk)
-    return enqueued
+    return Reconciled(enqueued=enqueued, look_again_in=unattended.look_again_in)
 
 
 def database_backup() -> Path:
@@ -171,15 +211,29 @@ def batch_users_delete_enqueue(batch_id: int) -> bool:
     return True
 
 
+def _others_reconcile(*, except_batch: int) -> None:
+    try:
+        reconciled = batches_reconcile(except_batch=except_batch)
+    except (queueing.QueueUnavailable, DatabaseError):
+        # Only the look around is missed: the run's own chunks are the database's business.
+        logger.warning("batch %s: could not look after the other batches", except_batch)
+    else:
+        if reconciled.enqueued:
+            logger.info("batch %s: re-enqueued batches %s", except_batch, reconciled.enqueued)
+
+
+def _at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], None]:
+    """`action`, done when called if it was not done in the last `seconds`."""
+    last = time.monotonic()
+
+    def maybe() -> None:
+        nonlocal last
+        if time.monotonic() - last >= seconds:
+            last = time.monotonic()
+            action()
+
+    return maybe
+
+
 def _runs_enqueue_on_commit(batch: Batch) -> None:
-    transaction.on_commit(partial(batch_enqueue, batch.pk, runs=_runs_wanted(batch)))
-
-
-def _runs_wanted(batch: Batch) -> int:
-    """How many runs to start: several for a big batch on PostgreSQL, else one.
-
-    SQLite has a single writer, so parallel runs would only queue up behind its lock.
-    """
-    if connection.vendor == "sqlite" or batch.total <= conf.fanout_threshold():
-        return 1
-    return max(1, min(conf.fanout_jobs(), batch.chunks.count()))
+    transaction.on_commit(partial(batch_enqueue, batch.pk, runs=reconciler.runs_wanted(batch)))

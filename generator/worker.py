@@ -1,25 +1,47 @@
 """The worker class the Procfile runs."""
 
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
+from django.db import DatabaseError, connections
+from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq.job import Job
+from rq.queue import Queue
 from rq.serializers import DefaultSerializer
 from rq.worker import HerokuWorker
 
-from . import use_cases
+from . import conf, queueing, use_cases
+
+logger = logging.getLogger(__name__)
+
+# An idle worker wakes this often to see whether Redis restarted or a reconcile is due.
+IDLE_WAKE_SECONDS = 1
+# The longest pause between two tries at an unreachable Redis.
+MAX_REDIS_WAIT_SECONDS = 8
 
 
 class BatchWorker(HerokuWorker):
-    """RQ's HerokuWorker (prompt stop on SIGTERM) that reconciles batches when it starts.
+    """RQ's HerokuWorker (prompt stop on SIGTERM) that looks after batches nothing works on.
 
-    A worker starting is the moment the previous one may have died: pick up its batches.
-    It runs only the app's own jobs (generator.rq_guard, installed when Django starts) and
-    refuses to start with pickle, which runs whatever code a job planted in Redis carries.
+    It reconciles when it starts (the previous worker may have died), after each job (its
+    work horse may have died), when it finds that Redis restarted (queued jobs are lost), and
+    every GENERATOR_RECONCILE_INTERVAL_SECONDS while idle. It beats every
+    GENERATOR_WORKER_HEARTBEAT_SECONDS, naming the job it runs, so other workers can judge the
+    chunk leases it holds. It runs only the app's own jobs (generator.rq_guard, installed when
+    Django starts) and refuses to start with pickle, which runs whatever code a job planted
+    in Redis carries.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # RQ's monitor loop beats once per interval while a job runs (30 s by default).
+        kwargs.setdefault("job_monitoring_interval", conf.worker_heartbeat_seconds())
+        if "connection" in kwargs:  # RQ's own start-up asks Redis, and quits if it is down
+            self.redis_waiting_for(kwargs["connection"].ping)
         super().__init__(*args, **kwargs)
         if self.serializer is DefaultSerializer:
             # rqworker's default, when the command line names no --serializer.
@@ -27,16 +49,130 @@ class BatchWorker(HerokuWorker):
                 "BatchWorker reads JSON only: run it with "
                 "--serializer rq.serializers.JSONSerializer"
             )
+        self.running_job_id = ""
+        self.redis_run_id = ""
+        self.reconcile_due_at = 0.0
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        try:
+            return super().work(*args, **kwargs)
+        except RedisError:
+            # django-rq's rqworker prints the message alone: say where it came from.
+            self.log.exception("worker stopped: Redis unreachable")
+            raise
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
+        self.redis_restarted()  # what Redis is now: a later change means it restarted
+        self.reconcile("worker start")
+
+    # RQ's worker quits on a Redis error anywhere outside its wait for a job, leaving a platform
+    # to restart it (and honcho to stop every process). This one waits for Redis instead, so
+    # the run its work horse makes goes on, and the worker reconciles once Redis is back.
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         try:
-            enqueued = use_cases.batches_reconcile()
+            super().heartbeat(timeout, pipeline=pipeline)
+            queueing.worker_beat(
+                pipeline if pipeline is not None else self.connection,
+                worker_name=self.name,
+                worker_pid=self.pid or 0,
+                job_id=self.running_job_id,
+            )
         except RedisError:
-            self.log.warning("batch reconcile skipped: Redis unreachable", exc_info=True)
+            self.log.warning("heartbeat skipped: Redis unreachable")
+
+    def maintain_heartbeats(self, job: Job) -> None:
+        try:
+            super().maintain_heartbeats(job)
+        except RedisError:
+            self.log.warning("heartbeat skipped: Redis unreachable")
+
+    def set_current_job_working_time(
+        self, current_job_working_time: float, pipeline: Pipeline | None = None
+    ) -> None:
+        try:
+            super().set_current_job_working_time(current_job_working_time, pipeline=pipeline)
+        except RedisError:
+            self.current_job_working_time = current_job_working_time  # RQ's time-limit check
+
+    def _start_scheduler(self, *args: Any, **kwargs: Any) -> None:
+        start = super()._start_scheduler
+        self.redis_waiting_for(lambda: start(*args, **kwargs))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        check = super().check_for_suspension
+        self.redis_waiting_for(lambda: check(burst))
+
+    def run_maintenance_tasks(self) -> None:
+        self.redis_waiting_for(super().run_maintenance_tasks)
+
+    def redis_waiting_for[T](self, action: Callable[[], T]) -> T:
+        """Do `action`, again and again while Redis cannot be reached."""
+        wait = 1.0
+        while True:
+            try:
+                return action()
+            except RedisError:
+                logger.warning("Redis unreachable, trying again in %.0f s", wait)
+                time.sleep(wait)
+                wait = min(wait * 2, MAX_REDIS_WAIT_SECONDS)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Set before the fork, so the work horse's beats name the job too.
+        self.running_job_id = job.id
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.running_job_id = ""
+            self.heartbeat()  # at once: the job's leases are void from now on
+        # A work horse that died (the OOM killer) left its batch to be taken over now.
+        self.reconcile("job end")
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        if timeout is None:  # burst mode: one look at the queues, no waiting
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        idle_until = None if max_idle_time is None else time.monotonic() + max_idle_time
+        wake = min(timeout, IDLE_WAKE_SECONDS)
+        dequeue = partial(super().dequeue_job_and_maintain_ttl, wake, max_idle_time=wake)
+        while True:
+            result = self.redis_waiting_for(dequeue)
+            if result is not None or (idle_until is not None and time.monotonic() >= idle_until):
+                return result
+            if self.redis_restarted():
+                self.reconcile("Redis restarted")
+            elif time.monotonic() >= self.reconcile_due_at:
+                self.reconcile("idle")
+
+    def redis_restarted(self) -> bool:
+        """Whether Redis restarted since this worker last looked (its jobs may be gone); when
+        it never could look, say yes: it cannot tell."""
+        try:
+            run_id = str(self.connection.info("server")["run_id"])
+        except RedisError:
+            return False
+        restarted = run_id != self.redis_run_id
+        self.redis_run_id = run_id
+        return restarted
+
+    def reconcile(self, occasion: str) -> None:
+        self.reconcile_due_at = time.monotonic() + conf.reconcile_interval_seconds()
+        try:
+            reconciled = use_cases.batches_reconcile()
+        except RedisError:
+            self.log.warning("batch reconcile (%s) skipped: Redis unreachable", occasion)
+        except DatabaseError:
+            self.log.warning("batch reconcile (%s) skipped: database unreachable", occasion)
         else:
-            if enqueued:
-                self.log.info("re-enqueued batches %s", enqueued)
+            if reconciled.enqueued:
+                self.log.info("re-enqueued batches %s (%s)", reconciled.enqueued, occasion)
+            if reconciled.look_again_in is not None:
+                # A batch whose job was not in Redis yet: soon, its enqueue is done or lost.
+                self.reconcile_due_at = min(
+                    self.reconcile_due_at, time.monotonic() + reconciled.look_again_in
+                )
         finally:
             # The work horse is forked: it must not inherit this process's connections.
             connections.close_all()

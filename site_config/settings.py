@@ -279,11 +279,17 @@ if REDIS_URL.startswith("rediss://"):
     # Heroku Data for Redis serves TLS with a self-signed certificate.
     cert_reqs = os.environ.get("REDIS_SSL_CERT_REQS", "none")
     RQ_QUEUE["SSL_CERT_REQS"] = None if cert_reqs == "none" else cert_reqs
-# The app's jobs (batches, reconcile, backups) go to this queue. "default" stays as well, for
-# django-rq's own commands; a worker serves only the queues its command names (the Procfile's:
-# "default"), so another name here needs a worker command that names it.
+# The batches' jobs go to this queue; the reconcile and backup jobs to the maintenance queue, which
+# the Procfile's `maintenance:` worker serves alone, so that a long batch never delays them.
+# "default" stays as well, for django-rq's own commands; a worker serves only the queues its
+# command names, so another name here needs a worker command that names it.
 GENERATOR_QUEUE = env_str("GENERATOR_QUEUE", "default")
-RQ_QUEUES = {"default": RQ_QUEUE, GENERATOR_QUEUE: RQ_QUEUE}
+GENERATOR_MAINTENANCE_QUEUE = env_str("GENERATOR_MAINTENANCE_QUEUE", "maintenance")
+RQ_QUEUES = {
+    "default": RQ_QUEUE,
+    GENERATOR_QUEUE: RQ_QUEUE,
+    GENERATOR_MAINTENANCE_QUEUE: RQ_QUEUE,
+}
 RQ = {"COMMIT_MODE": "on_db_commit"}
 RQ_SHOW_ADMIN_LINK = True
 RQ_API_TOKEN = os.environ.get("RQ_API_TOKEN", "")
@@ -306,12 +312,23 @@ GENERATOR_CHUNK_SIZE = env_int(
 )
 GENERATOR_JOB_TIMEOUT = env_int("GENERATOR_JOB_TIMEOUT", 6 * 60 * 60, minimum=1)
 GENERATOR_PAGE_SIZE = env_int("GENERATOR_PAGE_SIZE", 50, minimum=1)
-# A run holds a chunk for this long; a killed worker's chunks are free again after it.
+# A run holds a chunk for this long at most. A lease also names the RQ worker and job holding
+# it, and is void as soon as that worker stops beating (see the next setting), so the expiry
+# only matters for a run outside RQ's workers.
 GENERATOR_LEASE_SECONDS = env_int("GENERATOR_LEASE_SECONDS", 30, minimum=1)
+# How often a worker running a job says it is alive; three beats missed and it counts as dead
+# (on its own host, a worker whose process is gone is dead at once).
+GENERATOR_WORKER_HEARTBEAT_SECONDS = env_int("GENERATOR_WORKER_HEARTBEAT_SECONDS", 2, minimum=1)
+# How often a worker with nothing to do (and the cron process) looks for batches nothing works on.
 GENERATOR_RECONCILE_INTERVAL_SECONDS = env_int(
     "GENERATOR_RECONCILE_INTERVAL_SECONDS", 30, minimum=1
 )
-GENERATOR_RECONCILE_GRACE_SECONDS = env_int("GENERATOR_RECONCILE_GRACE_SECONDS", 30)
+# A batch whose job is not in Redis yet is left alone this long: the instant between the
+# commit that records the job and the enqueue.
+GENERATOR_RECONCILE_GRACE_SECONDS = env_int("GENERATOR_RECONCILE_GRACE_SECONDS", 5, minimum=0)
+# How long a run waits for a database it cannot reach (a restart, a fail-over) before it fails
+# the batch.
+GENERATOR_DATABASE_WAIT_SECONDS = env_int("GENERATOR_DATABASE_WAIT_SECONDS", 300, minimum=0)
 # Above this many users, a batch on PostgreSQL is worked on by several jobs at once.
 GENERATOR_FANOUT_THRESHOLD = env_int("GENERATOR_FANOUT_THRESHOLD", 100_000)
 GENERATOR_FANOUT_JOBS = env_int("GENERATOR_FANOUT_JOBS", 4, minimum=1)

@@ -93,13 +93,14 @@ def queue(redis_connection: Redis) -> Iterator[Queue]:
 
 
 @pytest.fixture
-def run_worker(queue: Queue) -> Callable[[], None]:
-    """Drain the queue with a real RQ worker in burst mode (it forks a work horse per job)."""
+def run_worker(queue: Queue) -> Callable[..., None]:
+    """Drain the queues named (the batches' by default) with a real RQ worker in burst mode
+    (it forks a work horse per job)."""
 
-    def run() -> None:
+    def run(*queue_names: str) -> None:
         # The work horse is a fork: it must not share this process's database connections.
         connections.close_all()
-        worker = django_rq.get_worker("default", serializer=JSON_SERIALIZER)
+        worker = django_rq.get_worker(*(queue_names or ["default"]), serializer=JSON_SERIALIZER)
         worker.work(burst=True)
 
     return run

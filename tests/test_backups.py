@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import django_rq
 import psycopg
 import pytest
 from django.core.management import CommandError, call_command
@@ -21,7 +22,7 @@ from redis import Redis
 from rq import Queue
 from rq.cron import get_cron_job_ids
 
-from generator import backups, use_cases
+from generator import backups, conf, use_cases
 from generator.models import Batch, User
 
 from .support import start_process, stop_process, subprocess_env, wait_for
@@ -244,9 +245,10 @@ def test_the_cron_process_enqueues_backups_a_real_worker_makes_and_the_dashboard
     assert cron_process.wait(timeout=30) == 0
     job_ids = get_cron_job_ids("database_backup", redis_connection)
 
-    run_worker()
+    run_worker(conf.maintenance_queue_name())
 
-    jobs = [queue.fetch_job(job_id) for job_id in job_ids]
+    maintenance = django_rq.get_queue(conf.maintenance_queue_name())
+    jobs = [maintenance.fetch_job(job_id) for job_id in job_ids]
     assert [job.get_status() for job in jobs] == ["finished"] * len(jobs)
     result = jobs[0].return_value()
     made = Path(result["path"])

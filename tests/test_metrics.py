@@ -88,7 +88,7 @@ def test_the_stats_answer_the_token_in_the_authorization_header(
     response = client.get(f"{root}stats.json", headers=bearer(TOKEN))
 
     assert response.status_code == 200
-    assert [queue["name"] for queue in response.json()["queues"]] == ["default"]
+    assert [queue["name"] for queue in response.json()["queues"]] == ["default", "maintenance"]
 
 
 # django-rq's stats.json/<token>/ route is gone: /django-rq/ answers 404; the admin sends

@@ -1,8 +1,12 @@
 """Enqueueing after commit, the reconciler, idempotency and limits, on the real Redis."""
 
+import json
+import os
+import subprocess
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -10,12 +14,13 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
+from rq.job import JobStatus
 
-from generator import services, use_cases
+from generator import queueing, services, use_cases
 from generator.models import Batch, BatchChunk, User
 from generator.services import chunks
 
-from .support import run_at_once
+from .support import run_at_once, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_settings")]
 
@@ -35,8 +40,8 @@ def dead_redis() -> override_settings:
 
 def reconciled_once_then_run(batch: Batch, run_worker: Callable[[], None]) -> None:
     """The reconciler enqueues the batch, then nothing (its job is waiting); a worker runs it."""
-    assert use_cases.batches_reconcile() == [batch.pk]
-    assert use_cases.batches_reconcile() == []
+    assert use_cases.batches_reconcile().enqueued == [batch.pk]
+    assert use_cases.batches_reconcile().enqueued == []
     run_worker()
     batch.refresh_from_db()
 
@@ -66,7 +71,7 @@ def test_reconcile_enqueues_a_batch_whose_job_redis_lost(queue, redis_connection
     redis_connection.flushdb()  # as a restart without persistence does
     quiet(batch)
 
-    assert use_cases.batches_reconcile() == [batch.pk]
+    assert use_cases.batches_reconcile().enqueued == [batch.pk]
     run_worker()
     assert User.objects.filter(batch=batch).count() == 70
 
@@ -75,7 +80,7 @@ def test_reconcile_leaves_alone_what_is_recent_waiting_running_or_done(queue):
     running = use_cases.batch_submit(requested_by=None, total=50)
     quiet(running)
     queue.empty()
-    chunks.chunk_claim(batch_id=running.pk, run_id="alive")
+    chunks.chunk_claim(batch_id=running.pk, lease=chunks.Lease(run_id="alive"))
     recent = use_cases.batch_submit(requested_by=None, total=50)
     waiting = use_cases.batch_submit(requested_by=None, total=50)
     quiet(waiting)
@@ -83,18 +88,18 @@ def test_reconcile_leaves_alone_what_is_recent_waiting_running_or_done(queue):
     services.batch_generate_users(batch_id=finished.pk)
     quiet(finished)
 
-    assert use_cases.batches_reconcile() == []
+    assert use_cases.batches_reconcile().enqueued == []
     assert {recent.pk, waiting.pk} <= {int(job_id.split("-")[1]) for job_id in queue.job_ids}
 
 
 def test_reconcile_takes_over_a_batch_whose_run_died(queue, run_worker):
     batch = use_cases.batch_submit(requested_by=None, total=50)
     queue.empty()
-    chunks.chunk_claim(batch_id=batch.pk, run_id="killed")
+    chunks.chunk_claim(batch_id=batch.pk, lease=chunks.Lease(run_id="killed"))
     BatchChunk.objects.filter(batch=batch).update(lease_expires_at=timezone.now())
     quiet(batch)
 
-    assert use_cases.batches_reconcile() == [batch.pk]
+    assert use_cases.batches_reconcile().enqueued == [batch.pk]
     run_worker()
     batch.refresh_from_db()
     assert batch.status == Batch.Status.FINISHED
@@ -175,3 +180,115 @@ def test_reconcile_enqueues_a_deletion_whose_job_redis_lost(queue, redis_connect
     assert batch.status == Batch.Status.DELETED
     assert batch.deleted_count == 60
     assert not User.objects.filter(batch=batch).exists()
+
+
+def finished_process_id() -> int:
+    """The id of a process that has exited (and been reaped): no process has it now."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_lease_holder_lives_while_its_worker_beats_and_runs_its_job(queue, redis_connection):
+    queueing.worker_beat(redis_connection, worker_name="alive", worker_pid=os.getpid(), job_id="j1")
+    queueing.worker_beat(
+        redis_connection, worker_name="killed", worker_pid=finished_process_id(), job_id="j2"
+    )
+    queueing.worker_beat(
+        redis_connection, worker_name="moved-on", worker_pid=os.getpid(), job_id=""
+    )
+    # Elsewhere, a process id means nothing here: only the beat tells.
+    redis_connection.set(
+        queueing.WORKER_BEAT_KEY.format("remote"),
+        json.dumps({"host": "another-machine", "pid": finished_process_id(), "job": "j5"}),
+    )
+    holders = {
+        ("alive", "j1"),
+        ("killed", "j2"),
+        ("moved-on", "j3"),
+        ("never-beat", "j4"),
+        ("remote", "j5"),
+    }
+
+    assert queueing.lease_holders_gone(holders) == {
+        ("killed", "j2"),
+        ("moved-on", "j3"),
+        ("never-beat", "j4"),
+    }
+
+
+def test_a_beat_lasts_three_heartbeats(queue, redis_connection, settings):
+    settings.GENERATOR_WORKER_HEARTBEAT_SECONDS = 4
+    queueing.worker_beat(redis_connection, worker_name="w", worker_pid=os.getpid(), job_id="j")
+    assert redis_connection.ttl(queueing.WORKER_BEAT_KEY.format("w")) == 13
+
+
+def test_a_worker_killed_but_not_yet_reaped_is_dead(queue, redis_connection):
+    zombie = subprocess.Popen(["true"])
+    try:
+        wait_for(
+            lambda: (
+                Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            ),
+            "the process is a zombie",
+        )
+        queueing.worker_beat(redis_connection, worker_name="z", worker_pid=zombie.pid, job_id="j")
+        assert queueing.lease_holders_gone({("z", "j")}) == {("z", "j")}
+    finally:
+        zombie.wait()
+
+
+def test_a_job_counts_as_attended_while_it_waits_or_a_live_worker_runs_it(queue, redis_connection):
+    waiting = queue.enqueue(queueing.BATCH_RUN, 1, job_id="waiting")
+    running = queue.enqueue(queueing.BATCH_RUN, 2, job_id="running")
+    orphaned = queue.enqueue(queueing.BATCH_RUN, 3, job_id="orphaned")
+    for job, worker in ((running, "alive"), (orphaned, "killed")):
+        job.worker_name = worker
+        job.set_status(JobStatus.STARTED)
+        job.save()
+    queueing.worker_beat(
+        redis_connection, worker_name="alive", worker_pid=os.getpid(), job_id="running"
+    )
+    queueing.worker_beat(
+        redis_connection, worker_name="killed", worker_pid=finished_process_id(), job_id="orphaned"
+    )
+    assert waiting.get_status() == JobStatus.QUEUED
+
+    assert queueing.jobs_seen(["waiting", "running", "orphaned", "lost"]) == queueing.JobsSeen(
+        found={"waiting", "running", "orphaned"}, attended={"waiting", "running"}
+    )
+
+
+def test_reconcile_takes_over_at_once_a_batch_whose_worker_died(queue, redis_connection):
+    dead = use_cases.batch_submit(requested_by=None, total=50)
+    live = use_cases.batch_submit(requested_by=None, total=50)
+    quiet(dead)
+    quiet(live)
+    queue.empty()
+    for batch, worker, pid in (
+        (dead, "killed", finished_process_id()),
+        (live, "alive", os.getpid()),
+    ):
+        job_id = f"batch-{batch.pk}"
+        queueing.worker_beat(redis_connection, worker_name=worker, worker_pid=pid, job_id=job_id)
+        claimed = chunks.chunk_claim(
+            batch_id=batch.pk, lease=chunks.Lease(run_id=f"{job_id}:run", holder=(worker, job_id))
+        )
+        assert claimed.lease_expires_at > timezone.now()  # the lease has not run out
+
+    assert use_cases.batches_reconcile().enqueued == [dead.pk]
+
+
+def test_reconcile_looks_again_once_a_job_on_its_way_is_late(queue, settings):
+    settings.GENERATOR_RECONCILE_GRACE_SECONDS = 30
+    with dead_redis():
+        batch = use_cases.batch_submit(requested_by=None, total=50)
+
+    reconciled = use_cases.batches_reconcile()
+
+    assert reconciled.enqueued == []
+    assert 25 < reconciled.look_again_in <= 30
+    quiet(batch)
+    assert use_cases.batches_reconcile() == use_cases.Reconciled(
+        enqueued=[batch.pk], look_again_in=None
+    )

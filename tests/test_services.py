@@ -163,7 +163,7 @@ def test_two_runs_of_one_batch_at_once_make_exactly_total_users():
 @pytest.mark.django_db
 def test_a_chunk_held_by_a_dead_run_is_taken_over_when_its_lease_runs_out(settings):
     batch = make_batch(300, chunk_size=100)
-    claimed = chunks.chunk_claim(batch_id=batch.pk, run_id="dead-run")
+    claimed = chunks.chunk_claim(batch_id=batch.pk, lease=chunks.Lease(run_id="dead-run"))
     assert claimed.index == 0
 
     services.batch_generate_users(batch_id=batch.pk, run_id="live-run")
@@ -227,3 +227,42 @@ def test_drawn_usernames_are_shaped_like_the_tutorials_and_use_every_letter():
     assert len(usernames) == 5_000
     assert all(re.fullmatch(r"user_[A-Za-z]{10}", name) for name in usernames)
     assert {letter for name in usernames for letter in name[5:]} == set(string.ascii_letters)
+
+
+@pytest.mark.django_db
+def test_a_chunk_whose_holder_is_gone_is_taken_over_before_its_lease_runs_out():
+    batch = make_batch(300, chunk_size=100)
+    dead = chunks.Lease(run_id="dead-run", holder=("killed-worker", "job-1"))
+    claimed = chunks.chunk_claim(batch_id=batch.pk, lease=dead)
+    held = chunks.chunk_claim(
+        batch_id=batch.pk, lease=chunks.Lease(run_id="live-run", holder=("live-worker", "job-2"))
+    )
+    asked = []
+
+    def holders_gone(holders):
+        asked.append(set(holders))
+        return {holder for holder in holders if holder[0] == "killed-worker"}
+
+    services.batch_generate_users(batch_id=batch.pk, run_id="taker", holders_gone=holders_gone)
+
+    batch.refresh_from_db()
+    assert batch.created_count == 200  # the dead run's chunk and the free one, not the live one
+    assert BatchChunk.objects.get(pk=held.pk).lease_owner == "live-run"
+    assert BatchChunk.objects.get(pk=claimed.pk).done
+    assert asked[0] == {("killed-worker", "job-1"), ("live-worker", "job-2")}
+    chunks.chunk_fill(chunk_id=claimed.pk, run_id="dead-run", rng=random.Random())
+    assert User.objects.filter(batch=batch).count() == 200
+
+
+@pytest.mark.django_db
+def test_a_run_told_to_stop_gives_its_chunks_back_between_chunks():
+    batch = make_batch(300, chunk_size=100)
+    answers = iter([True, False])
+
+    services.batch_generate_users(
+        batch_id=batch.pk, run_id="orphan", keep_going=lambda: next(answers)
+    )
+
+    batch.refresh_from_db()
+    assert batch.created_count == 100
+    assert not BatchChunk.objects.filter(batch=batch, lease_owner="orphan").exists()

@@ -19,7 +19,7 @@ from .support import environment_variables_the_settings_read, manage
 SETTING_NAMES = {
     field.name: f"GENERATOR_{field.name.upper()}"
     for field in dataclasses.fields(conf.GeneratorSettings)
-} | {"queue_name": "GENERATOR_QUEUE"}
+} | {"queue_name": "GENERATOR_QUEUE", "maintenance_queue_name": "GENERATOR_MAINTENANCE_QUEUE"}
 
 DEFAULTS = {
     "min_total": 50,
@@ -29,11 +29,14 @@ DEFAULTS = {
     "job_timeout": 6 * 60 * 60,
     "page_size": 50,
     "queue_name": "default",
+    "maintenance_queue_name": "maintenance",
     "lease_seconds": 30,
+    "worker_heartbeat_seconds": 2,
     "fanout_threshold": 100_000,
     "fanout_jobs": 4,
-    "reconcile_grace_seconds": 30,
+    "reconcile_grace_seconds": 5,
     "reconcile_interval_seconds": 30,
+    "database_wait_seconds": 300,
     "max_active_batches_per_user": 5,
     "max_users_per_day": 100_000,
     "backup_dir": str(Path(django_settings.BASE_DIR) / "backups"),
@@ -77,6 +80,16 @@ BAD_VALUES = [
         "GENERATOR_RECONCILE_GRACE_SECONDS",
         "soon",
         "GENERATOR_RECONCILE_GRACE_SECONDS must be a whole number, not 'soon'.",
+    ),
+    (
+        "GENERATOR_WORKER_HEARTBEAT_SECONDS",
+        "0",
+        "GENERATOR_WORKER_HEARTBEAT_SECONDS must be at least 1, not 0.",
+    ),
+    (
+        "GENERATOR_DATABASE_WAIT_SECONDS",
+        "-1",
+        "GENERATOR_DATABASE_WAIT_SECONDS must be at least 0, not -1.",
     ),
     (
         "GENERATOR_FANOUT_THRESHOLD",
@@ -132,7 +145,7 @@ def test_every_default_holds_with_an_empty_environment(tmp_path: Path):
     assert set(DEFAULTS) == set(SETTING_NAMES), "a GeneratorSettings field without a default"
     assert seen["conf"] == {name: str(value) for name, value in DEFAULTS.items()}
     assert seen["proxy_count"] == 0
-    assert seen["queues"] == ["default"]
+    assert seen["queues"] == ["default", "maintenance"]
     assert seen["rq_queue"] == "default"
 
 
@@ -143,7 +156,7 @@ def test_generator_queue_moves_the_apps_queue_and_django_rq_finds_it(tmp_path: P
     assert seen["conf"]["queue_name"] == "bulk"
     assert seen["rq_queue"] == "bulk"
     # django-rq's own "default" stays, on the same Redis and with the same serializer.
-    assert seen["queues"] == ["bulk", "default"]
+    assert seen["queues"] == ["bulk", "default", "maintenance"]
     assert seen["same_redis"]
 
 

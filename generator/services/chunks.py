@@ -3,8 +3,9 @@
 A batch is cut into chunks when it is created. A run (one RQ job) claims a free chunk under
 a lease, fills it and marks it done in one transaction that also adds to the batch's count,
 then claims the next. Any number of runs may work on one batch at once, and a run may die at
-any point: a chunk is either committed whole or free again once its lease runs out, so the
-batch always ends with exactly its total.
+any point: a chunk is either committed whole or free again once its lease is void (run out,
+or its holder dead), so the batch always ends with exactly its total. Whether a holder is
+alive is the queue's knowledge: the caller passes a function that tells.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import random
 import secrets
 import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import transaction
@@ -22,29 +25,49 @@ from django.utils import timezone
 from .. import conf
 from ..models import Batch, BatchChunk
 from .accounts import chunk_faker, users_insert
-from .lifecycle import ProgressCallback, batch_start
+from .lifecycle import ProgressCallback, batch_release, batch_start
 from .retries import database_errors_retrying
 
 logger = logging.getLogger(__name__)
+
+# Who holds a lease, for others to judge it: an RQ worker's name and its job's id ("" outside
+# RQ, where only the lease's expiry tells).
+LeaseHolder = tuple[str, str]
+# Those of the given holders that are dead or no longer run that job.
+HoldersGone = Callable[[Collection[LeaseHolder]], set[LeaseHolder]]
+NO_HOLDER: LeaseHolder = ("", "")
+
+
+def _none_gone(holders: Collection[LeaseHolder]) -> set[LeaseHolder]:
+    return set()
 
 
 def batch_generate_users(
     *,
     batch_id: int,
     run_id: str | None = None,
+    holder: LeaseHolder = NO_HOLDER,
+    holders_gone: HoldersGone = _none_gone,
     on_progress: ProgressCallback | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
     rng: random.Random | None = None,
 ) -> Batch:
     """Fill the batch's free chunks until none is left, and return the batch as it then is.
 
-    Safe to call many times at once: each call claims different chunks.
+    Safe to call many times at once: each call claims different chunks, a dead run's first.
+    `keep_going` is asked between chunks; once it says no, the run gives its leases back and
+    stops.
     """
     run_id = run_id or uuid.uuid4().hex
     rng = rng or random.Random(secrets.randbits(64))
+    lease = Lease(run_id=run_id, holder=holder, holders_gone=holders_gone)
     batch = batch_start(batch_id=batch_id)
     while batch.status == Batch.Status.RUNNING:
+        if not keep_going():
+            batch_release(batch_id=batch_id, run_id=run_id)
+            break
         claimed = database_errors_retrying(
-            lambda: chunk_claim_and_fill(batch_id=batch_id, run_id=run_id, rng=rng)
+            lambda: chunk_claim_and_fill(batch_id=batch_id, lease=lease, rng=rng)
         )
         batch = database_errors_retrying(lambda: Batch.objects.get(pk=batch_id))
         if claimed is None:
@@ -65,39 +88,69 @@ def batch_generate_users(
     return batch
 
 
+@dataclass(frozen=True)
+class Lease:
+    """What a run writes on the chunks it claims, and how it judges the others' leases."""
+
+    run_id: str
+    holder: LeaseHolder = NO_HOLDER
+    holders_gone: HoldersGone = _none_gone
+
+
 def chunk_claim_and_fill(
-    *, batch_id: int, run_id: str, rng: random.Random
+    *, batch_id: int, lease: Lease, rng: random.Random
 ) -> tuple[BatchChunk, bool] | None:
     """The chunk claimed (None when none is free) and whether its users were committed."""
-    chunk = chunk_claim(batch_id=batch_id, run_id=run_id)
+    chunk = chunk_claim(batch_id=batch_id, lease=lease)
     if chunk is None:
         return None
-    return chunk, chunk_fill(chunk_id=chunk.pk, run_id=run_id, rng=rng)
+    return chunk, chunk_fill(chunk_id=chunk.pk, run_id=lease.run_id, rng=rng)
 
 
-def chunk_claim(*, batch_id: int, run_id: str) -> BatchChunk | None:
-    """Lease the batch's first free chunk (or one whose lease ran out) to the run."""
+def chunk_claim(*, batch_id: int, lease: Lease) -> BatchChunk | None:
+    """Lease the batch's first free chunk (or one whose lease is void) to the run."""
     now = timezone.now()
+    claimable = (
+        Q(lease_owner="")
+        | Q(lease_owner=lease.run_id)
+        | Q(lease_expires_at__lt=now)
+        | Q(lease_expires_at__isnull=True)
+    )
+    for worker, job in _holders_gone(batch_id=batch_id, lease=lease):
+        claimable |= Q(lease_worker=worker, lease_job=job)
     with transaction.atomic():
-        # SKIP LOCKED lets parallel runs on PostgreSQL take different chunks without waiting;
-        # SQLite has one writer at a time (IMMEDIATE transactions), so the question is moot.
+        # SKIP LOCKED lets parallel runs on PostgreSQL take different chunks without waiting
+        # (and never one a live run is writing); SQLite has one writer at a time (IMMEDIATE
+        # transactions), so the question is moot.
         chunk = (
             BatchChunk.objects.select_for_update(skip_locked=True)
             .filter(batch_id=batch_id, done=False)
-            .filter(
-                Q(lease_owner="")
-                | Q(lease_owner=run_id)
-                | Q(lease_expires_at__lt=now)
-                | Q(lease_expires_at__isnull=True)
-            )
+            .filter(claimable)
             .order_by("index")
             .first()
         )
         if chunk is not None:
-            chunk.lease_owner = run_id
+            chunk.lease_owner = lease.run_id
+            chunk.lease_worker, chunk.lease_job = lease.holder
             chunk.lease_expires_at = now + timedelta(seconds=conf.lease_seconds())
-            chunk.save(update_fields=["lease_owner", "lease_expires_at"])
+            chunk.save(
+                update_fields=["lease_owner", "lease_worker", "lease_job", "lease_expires_at"]
+            )
     return chunk
+
+
+def _holders_gone(*, batch_id: int, lease: Lease) -> set[LeaseHolder]:
+    """The dead holders of the batch's other unexpired leases (most often: there are none)."""
+    holders = set(
+        BatchChunk.objects.filter(
+            batch_id=batch_id, done=False, lease_expires_at__gte=timezone.now()
+        )
+        .exclude(lease_owner__in=["", lease.run_id])
+        .exclude(lease_worker="")
+        .values_list("lease_worker", "lease_job")
+        .distinct()
+    )
+    return lease.holders_gone(holders) if holders else set()
 
 
 def chunk_fill(*, chunk_id: int, run_id: str, rng: random.Random) -> bool:
@@ -129,9 +182,11 @@ def chunk_fill(*, chunk_id: int, run_id: str, rng: random.Random) -> bool:
             transaction.set_rollback(True)
             return False
         chunk.done = True
-        chunk.lease_owner = ""
+        chunk.lease_owner = chunk.lease_worker = chunk.lease_job = ""
         chunk.lease_expires_at = None
-        chunk.save(update_fields=["done", "lease_owner", "lease_expires_at"])
+        chunk.save(
+            update_fields=["done", "lease_owner", "lease_worker", "lease_job", "lease_expires_at"]
+        )
         # The batch row is locked by the update above until commit, so exactly one run
         # sees the count reach the total and finishes the batch.
         Batch.objects.filter(

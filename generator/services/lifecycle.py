@@ -70,7 +70,7 @@ def batch_reopen(*, batch_id: int, reopened_by: User | None = None) -> Batch:
 def batch_release(*, batch_id: int, run_id: str) -> None:
     """Give back the chunks a stopping run holds, so the next run can take them at once."""
     BatchChunk.objects.filter(batch_id=batch_id, lease_owner=run_id, done=False).update(
-        lease_owner="", lease_expires_at=None
+        lease_owner="", lease_worker="", lease_job="", lease_expires_at=None
     )
 
 
@@ -92,5 +92,5 @@ def batch_record_job(*, batch_id: int, job_id: str) -> None:
 
 def _leases_clear(batch_id: int) -> None:
     BatchChunk.objects.filter(batch_id=batch_id, done=False).update(
-        lease_owner="", lease_expires_at=None
+        lease_owner="", lease_worker="", lease_job="", lease_expires_at=None
     )

@@ -8,18 +8,25 @@ from collections.abc import Callable
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection
 
+from .. import conf
+
 logger = logging.getLogger(__name__)
 
-# A lost connection, a locked SQLite file or a username taken by a concurrent insert is
-# worth a few tries before the job gives up.
+# A username taken by a concurrent insert is worth a few tries before the job gives up.
 CHUNK_ATTEMPTS = 5
 RETRY_DELAY_SECONDS = 0.2
-RETRIED_ERRORS = (OperationalError, InterfaceError, IntegrityError)
+# A database out of reach (a restart, a fail-over, a locked SQLite file) is waited for, up to
+# GENERATOR_DATABASE_WAIT_SECONDS, trying again at least this often.
+LONGEST_RETRY_DELAY_SECONDS = 2.0
+UNREACHABLE_ERRORS = (OperationalError, InterfaceError)
 
 
 def database_errors_retrying[T](attempt: Callable[[], T]) -> T:
     """Run `attempt` (one transaction), again on a fresh connection after a passing error."""
-    for number in range(1, CHUNK_ATTEMPTS + 1):
+    waiting_since = None
+    number = 0
+    while True:
+        number += 1
         try:
             return attempt()
         except DatabaseError as error:
@@ -30,15 +37,28 @@ def database_errors_retrying[T](attempt: Callable[[], T]) -> T:
                 # and the connection it left half-way is of no further use.
                 connection.close()
                 raise interruption from error
-            if not isinstance(error, RETRIED_ERRORS) or number == CHUNK_ATTEMPTS:
+            if isinstance(error, UNREACHABLE_ERRORS):
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > conf.database_wait_seconds():
+                    raise
+                logger.warning(
+                    "database unreachable, waiting for it (try %s, %.0f s so far)",
+                    number,
+                    time.monotonic() - waiting_since,
+                    exc_info=number == 1,
+                )
+            elif isinstance(error, IntegrityError) and number < CHUNK_ATTEMPTS:
+                logger.warning(
+                    "database error, retrying the chunk (%s/%s)",
+                    number,
+                    CHUNK_ATTEMPTS,
+                    exc_info=True,
+                )
+            else:
                 raise
-            logger.warning(
-                "database error, retrying the chunk (%s/%s)", number, CHUNK_ATTEMPTS, exc_info=True
-            )
             # The connection may be dead (a restarted server, a killed backend): start afresh.
             connection.close()
-            time.sleep(RETRY_DELAY_SECONDS * 2 ** (number - 1))
-    raise AssertionError("unreachable")
+            time.sleep(min(RETRY_DELAY_SECONDS * 2 ** (number - 1), LONGEST_RETRY_DELAY_SECONDS))
 
 
 def _interruption_behind(error: BaseException) -> BaseException | None:
