@@ -21,7 +21,7 @@ import django_rq
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq.exceptions import ShutDownImminentException
+from rq.exceptions import NoSuchJobError, ShutDownImminentException
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
@@ -121,12 +121,7 @@ def jobs_seen(job_ids: Iterable[str]) -> JobsSeen:
     wanted = [job_id for job_id in job_ids if job_id]
     if not wanted:
         return JobsSeen(found=set(), attended=set())
-    queue = batch_queue()
-    jobs = [
-        job
-        for job in Job.fetch_many(wanted, connection=queue.connection, serializer=queue.serializer)
-        if job is not None
-    ]
+    jobs = _jobs_fetch(wanted)
     waiting = {job.id for job in jobs if job.get_status(refresh=False) in WAITING}
     running = {
         (job.worker_name or "", job.id)
@@ -135,6 +130,27 @@ def jobs_seen(job_ids: Iterable[str]) -> JobsSeen:
     }
     alive = {job_id for _, job_id in running - lease_holders_gone(running)}
     return JobsSeen(found={job.id for job in jobs}, attended=waiting | alive)
+
+
+def _jobs_fetch(job_ids: list[str]) -> list[Job]:
+    """The jobs Redis holds whole. After a restart a running job's progress report leaves a
+    hash with its meta alone (RQ's Job.fetch_many raises on it): no job, as far as we know."""
+    queue = batch_queue()
+    with queue.connection.pipeline() as pipeline:
+        for job_id in job_ids:
+            pipeline.hgetall(Job.key_for(job_id))
+        hashes = pipeline.execute()
+    jobs = []
+    for job_id, fields in zip(job_ids, hashes, strict=True):
+        if not fields:
+            continue
+        job = Job(job_id, connection=queue.connection, serializer=queue.serializer)
+        try:
+            job.restore(fields)
+        except NoSuchJobError:
+            continue
+        jobs.append(job)
+    return jobs
 
 
 def lease_holders_gone(holders: Collection[LeaseHolder]) -> set[LeaseHolder]:

@@ -9,6 +9,7 @@ claim and ends.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -43,7 +44,7 @@ def batches_unattended(*, except_batch: int | None = None) -> Unattended:
         .annotate(chunks_left=Count("chunks", filter=Q(chunks__done=False)))
         .order_by("created_at")
     )
-    held = batches_under_live_lease([batch.pk for batch in generating], now=now)
+    holders = live_lease_holders([batch.pk for batch in generating], now=now)
     # A deletion holds no lease: its job is alive while it waits or a live worker runs it.
     deleting = list(others.deleting().order_by("created_at"))
     seen = queueing.jobs_seen(
@@ -55,10 +56,10 @@ def batches_unattended(*, except_batch: int | None = None) -> Unattended:
     deletions: list[Batch] = []
     in_flight: list[Batch] = []
     for batch in generating:
-        live_runs = len(attended.intersection(_run_job_ids(batch)))
+        # A run holding a live lease counts even when Redis lost its job, or it runs outside
+        # RQ's jobs.
+        live_runs = max(len(attended.intersection(_run_job_ids(batch))), holders[batch.pk])
         lacking = min(runs_wanted(batch), batch.chunks_left) - live_runs
-        if live_runs == 0 and batch.pk in held:
-            continue  # a run outside RQ's jobs, or one whose job Redis lost, still works on it
         if lacking <= 0:
             continue
         if batch.last_job_id not in seen.found and _enqueued_at(batch) >= in_flight_since:
@@ -98,16 +99,21 @@ def _run_job_ids(batch: Batch) -> list[str]:
     ]
 
 
-def batches_under_live_lease(batch_ids: list[int], *, now: datetime) -> set[int]:
-    """Those of the batches with a chunk leased to a run that is alive."""
+def live_lease_holders(batch_ids: list[int], *, now: datetime) -> collections.Counter[int]:
+    """How many live runs hold chunk leases of each batch."""
     leases = set(
         BatchChunk.objects.filter(batch_id__in=batch_ids, done=False, lease_expires_at__gt=now)
         .exclude(lease_owner="")
-        .values_list("batch_id", "lease_worker", "lease_job")
+        .values_list("batch_id", "lease_owner", "lease_worker", "lease_job")
     )
     # A lease taken outside RQ's workers names none: only its expiry tells.
-    gone = queueing.lease_holders_gone({(worker, job) for _, worker, job in leases if worker})
-    return {batch_id for batch_id, worker, job in leases if not worker or (worker, job) not in gone}
+    gone = queueing.lease_holders_gone({(worker, job) for _, _, worker, job in leases if worker})
+    live = {
+        (batch_id, run_id)
+        for batch_id, run_id, worker, job in leases
+        if not worker or (worker, job) not in gone
+    }
+    return collections.Counter(batch_id for batch_id, _ in live)
 
 
 def _enqueued_at(batch: Batch) -> datetime:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -115,7 +115,7 @@ def batch_run(
             batch_id=batch_id,
             run_id=run_id,
             holder=holder,
-            holders_gone=queueing.lease_holders_gone,
+            holders_gone=_lease_holders_gone_if_known,
             on_progress=progressed,
             keep_going=keep_going,
         )
@@ -211,12 +211,31 @@ def batch_users_delete_enqueue(batch_id: int) -> bool:
     return True
 
 
+def _lease_holders_gone_if_known(
+    holders: Collection[queueing.LeaseHolder],
+) -> set[queueing.LeaseHolder]:
+    """The holders judged gone; none while Redis cannot be asked (their leases still run out),
+    so that a Redis outage only slows a takeover down."""
+    try:
+        return queueing.lease_holders_gone(holders)
+    except queueing.QueueUnavailable:
+        return set()
+
+
 def _others_reconcile(*, except_batch: int) -> None:
     try:
         reconciled = batches_reconcile(except_batch=except_batch)
-    except (queueing.QueueUnavailable, DatabaseError):
+    except (queueing.WorkerShutdown, queueing.JobTimedOut):
+        raise
+    except Exception as error:
+        interruption = services.interruption_behind(error)
+        if interruption is not None:
+            connection.close()
+            raise interruption from error
         # Only the look around is missed: the run's own chunks are the database's business.
-        logger.warning("batch %s: could not look after the other batches", except_batch)
+        logger.warning(
+            "batch %s: could not look after the other batches", except_batch, exc_info=True
+        )
     else:
         if reconciled.enqueued:
             logger.info("batch %s: re-enqueued batches %s", except_batch, reconciled.enqueued)

@@ -10,6 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import DefaultSerializer
@@ -36,6 +37,9 @@ class BatchWorker(HerokuWorker):
     Django starts) and refuses to start with pickle, which runs whatever code a job planted
     in Redis carries.
     """
+
+    # RQ's own wait for Redis, while it waits for a job, grows to a minute between tries.
+    max_connection_wait_time = MAX_REDIS_WAIT_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # RQ's monitor loop beats once per interval while a job runs (30 s by default).
@@ -81,6 +85,12 @@ class BatchWorker(HerokuWorker):
             )
         except RedisError:
             self.log.warning("heartbeat skipped: Redis unreachable")
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        try:
+            super().set_state(state, pipeline=pipeline)
+        except RedisError:
+            self._state = state  # as RQ keeps it; Redis hears of it at the next change
 
     def maintain_heartbeats(self, job: Job) -> None:
         try:
@@ -161,10 +171,15 @@ class BatchWorker(HerokuWorker):
         self.reconcile_due_at = time.monotonic() + conf.reconcile_interval_seconds()
         try:
             reconciled = use_cases.batches_reconcile()
+        except StopRequested:
+            raise
         except RedisError:
             self.log.warning("batch reconcile (%s) skipped: Redis unreachable", occasion)
         except DatabaseError:
             self.log.warning("batch reconcile (%s) skipped: database unreachable", occasion)
+        except Exception:
+            # Whatever it is, it must not stop the worker: the next reconcile tries again.
+            self.log.exception("batch reconcile (%s) failed", occasion)
         else:
             if reconciled.enqueued:
                 self.log.info("re-enqueued batches %s (%s)", reconciled.enqueued, occasion)

@@ -325,7 +325,7 @@ GENERATOR_RECONCILE_INTERVAL_SECONDS = env_int(
 )
 # A batch whose job is not in Redis yet is left alone this long: the instant between the
 # commit that records the job and the enqueue.
-GENERATOR_RECONCILE_GRACE_SECONDS = env_int("GENERATOR_RECONCILE_GRACE_SECONDS", 5, minimum=0)
+GENERATOR_RECONCILE_GRACE_SECONDS = env_int("GENERATOR_RECONCILE_GRACE_SECONDS", 2, minimum=0)
 # How long a run waits for a database it cannot reach (a restart, a fail-over) before it fails
 # the batch.
 GENERATOR_DATABASE_WAIT_SECONDS = env_int("GENERATOR_DATABASE_WAIT_SECONDS", 300, minimum=0)

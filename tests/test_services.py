@@ -1,15 +1,16 @@
 import random
 import re
 import string
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.hashers import check_password
-from django.db import connection
+from django.db import DatabaseError, OperationalError, connection
 from django.utils import timezone
 
 from generator import services
 from generator.models import Batch, BatchChunk, User
-from generator.services import chunks
+from generator.services import chunks, retries
 
 from .support import run_at_once
 
@@ -257,6 +258,10 @@ def test_a_chunk_whose_holder_is_gone_is_taken_over_before_its_lease_runs_out():
 @pytest.mark.django_db
 def test_a_run_told_to_stop_gives_its_chunks_back_between_chunks():
     batch = make_batch(300, chunk_size=100)
+    # A lease the run still holds when it is told to stop (as a retried claim can leave).
+    BatchChunk.objects.filter(batch=batch, index=2).update(
+        lease_owner="orphan", lease_expires_at=timezone.now() + timedelta(hours=1)
+    )
     answers = iter([True, False])
 
     services.batch_generate_users(
@@ -266,3 +271,32 @@ def test_a_run_told_to_stop_gives_its_chunks_back_between_chunks():
     batch.refresh_from_db()
     assert batch.created_count == 100
     assert not BatchChunk.objects.filter(batch=batch, lease_owner="orphan").exists()
+    assert BatchChunk.objects.get(batch=batch, index=2).lease_expires_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_out_of_reach_is_waited_for_and_a_wrong_query_is_not(settings):
+    settings.GENERATOR_DATABASE_WAIT_SECONDS = 60
+    tries = []
+
+    def locked_twice() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            with connection.cursor() as cursor:
+                if connection.vendor == "sqlite":
+                    raise OperationalError("database is locked")
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return "done"
+
+    assert retries.database_errors_retrying(locked_twice) == "done"
+    assert len(tries) == 3
+
+    def wrong() -> None:
+        tries.append(1)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    tries.clear()
+    with pytest.raises(DatabaseError):
+        retries.database_errors_retrying(wrong)
+    assert len(tries) == 1

@@ -34,7 +34,7 @@ DEFAULTS = {
     "worker_heartbeat_seconds": 2,
     "fanout_threshold": 100_000,
     "fanout_jobs": 4,
-    "reconcile_grace_seconds": 5,
+    "reconcile_grace_seconds": 2,
     "reconcile_interval_seconds": 30,
     "database_wait_seconds": 300,
     "max_active_batches_per_user": 5,

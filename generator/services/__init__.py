@@ -18,6 +18,7 @@ from .lifecycle import (
     batch_reopen,
 )
 from .requests import BatchOptions, batch_create, batch_request
+from .retries import interruption_behind
 from .writers import USER_INSERT_COLUMNS
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "batch_request",
     "batch_users_delete",
     "batch_users_delete_request",
+    "interruption_behind",
     "usernames_draw",
 ]
