@@ -25,7 +25,7 @@ DEFAULTS = {
     "min_total": 50,
     "max_total": 500,
     "cli_max_total": 10_000_000,
-    "chunk_size": 20_000,  # the bare environment is SQLite; PostgreSQL's default is 5,000
+    "chunk_size": 50_000,  # the bare environment is SQLite; PostgreSQL's default is 5,000
     "job_timeout": 6 * 60 * 60,
     "page_size": 50,
     "queue_name": "default",
@@ -130,9 +130,11 @@ def settings_seen(tmp_path: Path, **env: str) -> dict:
         "--no-imports",
         "-c",
         SHOW_SETTINGS,
-        DJANGO_SECRET_KEY="tests-only-not-secret",
-        DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3",
-        **env,
+        **{
+            "DJANGO_SECRET_KEY": "tests-only-not-secret",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+            **env,
+        },
     )
     assert shown.returncode == 0, shown.stderr
     return json.loads(shown.stdout.strip().splitlines()[-1])
@@ -147,6 +149,14 @@ def test_every_default_holds_with_an_empty_environment(tmp_path: Path):
     assert seen["proxy_count"] == 0
     assert seen["queues"] == ["default", "maintenance"]
     assert seen["rq_queue"] == "default"
+
+
+@pytest.mark.processes
+def test_postgresql_keeps_finer_chunks_by_default(tmp_path: Path):
+    # Read, never connected to: the settings alone decide.
+    seen = settings_seen(tmp_path, DATABASE_URL="postgres://nobody@127.0.0.1:1/none")
+
+    assert seen["conf"]["chunk_size"] == "5000"
 
 
 @pytest.mark.processes
