@@ -173,14 +173,24 @@ def test_two_workers_on_a_fanned_out_batch_one_killed_the_other_takes_its_chunks
     names = {int(w.pid): w.name for w in Worker.all(connection=connection_) if w.pid}
     victim, survivor = workers
     victim_name = names[victim.pid]
+    # Frozen, so that what it holds stays put until the kill; caught between two chunks (no
+    # lease), it goes on a moment and is caught again.
+    for _ in range(500):
+        horse = work_horse_of(victim.pid)
+        assert horse is not None, fleet.log_text()
+        os.kill(horse, signal.SIGSTOP)
+        orphaned = list(
+            BatchChunk.objects.filter(
+                batch=batch, done=False, lease_worker=victim_name
+            ).values_list("pk", flat=True)
+        )
+        if orphaned:
+            break
+        os.kill(horse, signal.SIGCONT)
+        time.sleep(0.005)
+    assert orphaned, "the worker never held a chunk"
     sigkill(victim)
     killed_at = time.monotonic()
-    orphaned = list(
-        BatchChunk.objects.filter(batch=batch, done=False, lease_worker=victim_name).values_list(
-            "pk", flat=True
-        )
-    )
-    assert orphaned, "the killed worker held no chunk"
 
     def taken_over() -> bool:
         return not BatchChunk.objects.filter(
