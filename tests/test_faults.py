@@ -14,8 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import urllib.error
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,16 +32,14 @@ from .support import (
     collect_static,
     free_port,
     session_browser,
-    subprocess_env,
     wait_until_up,
 )
 from .support.faults import (
     Fleet,
     PrivateRedis,
     assert_exactly_made,
-    fleet_running,
+    fleet_fixtures,
     needs_proc,
-    private_redis_serving,
     stall_until_alarm,
     stored,
     work_horse_of,
@@ -53,31 +50,16 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes, ne
 # Enough chunks to break into mid-batch, even on a machine that makes 100k users a second.
 CHUNK_SIZE = 500
 TOTAL = 40_000
-ONE_RUN = 10**9
 
 
-@pytest.fixture
-def private_redis(settings: Any, tmp_path: Path) -> Iterator[PrivateRedis]:
-    # One run per batch unless a test asks for more: the runs are what the tests count.
-    with private_redis_serving(
-        settings, tmp_path, GENERATOR_CHUNK_SIZE=CHUNK_SIZE, GENERATOR_FANOUT_THRESHOLD=ONE_RUN
-    ) as redis:
-        yield redis
-
-
-@pytest.fixture
-def fleet(private_redis: PrivateRedis, tmp_path: Path) -> Iterator[Fleet]:
-    """Processes that share the test database and the private Redis, with short leases."""
-    env = subprocess_env(
-        REDIS_URL=private_redis.url,
-        GENERATOR_CHUNK_SIZE=str(CHUNK_SIZE),
-        GENERATOR_FANOUT_THRESHOLD=str(ONE_RUN),
-        GENERATOR_LEASE_SECONDS="2",
-        GENERATOR_RECONCILE_GRACE_SECONDS="1",
-        GENERATOR_RECONCILE_INTERVAL_SECONDS="1",
-    )
-    with fleet_running(tmp_path, env) as fleet:
-        yield fleet
+# Short leases, grace and intervals: these tests are about what ends exactly, not how soon
+# (tests/test_recovery.py times recovery with the production values).
+private_redis, fleet = fleet_fixtures(
+    CHUNK_SIZE,
+    GENERATOR_LEASE_SECONDS="2",
+    GENERATOR_RECONCILE_GRACE_SECONDS="1",
+    GENERATOR_RECONCILE_INTERVAL_SECONDS="1",
+)
 
 
 def rq_queue() -> Queue:

@@ -28,7 +28,7 @@ from rq import Worker
 from generator import queueing, use_cases
 from generator.models import Batch, BatchChunk
 
-from .support import manage, subprocess_env, wait_for
+from .support import manage, wait_for
 from .support.faults import (
     POLL_SECONDS,
     Fleet,
@@ -36,10 +36,9 @@ from .support.faults import (
     PrivateRedis,
     alive,
     assert_exactly_made,
-    fleet_running,
+    fleet_fixtures,
     needs_proc,
     postgres_bin,
-    private_redis_serving,
     stored,
     work_horse_of,
 )
@@ -50,31 +49,14 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes, ne
 RECOVERY_SECONDS = 10
 CHUNK_SIZE = 2_000
 TOTAL = 200_000
-ONE_RUN = 10**9
 
 needs_postgresql = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="fan-out and server restarts are PostgreSQL's"
 )
 
 
-@pytest.fixture
-def private_redis(settings: Any, tmp_path: Path) -> Iterator[PrivateRedis]:
-    with private_redis_serving(
-        settings, tmp_path, GENERATOR_CHUNK_SIZE=CHUNK_SIZE, GENERATOR_FANOUT_THRESHOLD=ONE_RUN
-    ) as redis:
-        yield redis
-
-
-@pytest.fixture
-def fleet(private_redis: PrivateRedis, tmp_path: Path) -> Iterator[Fleet]:
-    """Workers with the production timings: only the chunk size is small, to break in."""
-    env = subprocess_env(
-        REDIS_URL=private_redis.url,
-        GENERATOR_CHUNK_SIZE=str(CHUNK_SIZE),
-        GENERATOR_FANOUT_THRESHOLD=str(ONE_RUN),
-    )
-    with fleet_running(tmp_path, env) as fleet:
-        yield fleet
+# The production timings: only the chunk size is small, to break in mid-batch.
+private_redis, fleet = fleet_fixtures(CHUNK_SIZE)
 
 
 def made_more_than(batch: Batch, count: int) -> Callable[[], bool]:

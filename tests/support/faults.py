@@ -12,7 +12,6 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from redis.exceptions import RedisError
 
 from generator.models import Batch, BatchChunk, User
 
-from . import free_port, poll, start_process, wait_for
+from . import free_port, poll, start_process, subprocess_env, wait_for
 
 # Every process a test starts carries this variable, so teardown finds them all, even a work
 # horse whose worker was killed and which now belongs to init.
@@ -162,39 +161,54 @@ needs_proc = pytest.mark.skipif(
 )
 
 
-@contextmanager
-def private_redis_serving(
-    settings: Any, directory: Path, **app_settings: object
-) -> Iterator[PrivateRedis]:
-    """A private Redis, that the app in this process uses too (django-rq reads RQ_QUEUES per
-    call), with `app_settings` (GENERATOR_…) set for this process as well."""
-    if shutil.which("redis-server") is None:
-        message = "redis-server is needed to restart Redis for real"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    redis = PrivateRedis(directory)
-    redis.start()
-    settings.RQ_QUEUES = {
-        name: {**queue, "URL": redis.url} for name, queue in settings.RQ_QUEUES.items()
-    }
-    for name, value in app_settings.items():
-        setattr(settings, name, value)
-    try:
-        yield redis
-    finally:
-        redis.crash()
+# A batch made by one run unless a test asks for more: the runs are what fault tests count.
+ONE_RUN = 10**9
 
 
-@contextmanager
-def fleet_running(directory: Path, env: dict[str, str]) -> Iterator[Fleet]:
-    """A Fleet whose processes are all killed at the end, and their logs printed."""
-    fleet = Fleet(directory, env)
-    try:
-        yield fleet
-    finally:
-        fleet.stop_all()
-        print(fleet.log_text())
+def fleet_fixtures(chunk_size: int, **worker_env: str) -> tuple[Any, Any]:
+    """A fault-test module's `private_redis` and `fleet` fixtures.
+
+    `private_redis`: a redis-server of the test's own, which the app in this process uses too
+    (django-rq reads RQ_QUEUES per call). `fleet`: the Procfile's processes on the test database
+    and that Redis, killed at the end, their logs printed. Batches are cut in `chunk_size`
+    chunks and made by one run; `worker_env` (GENERATOR_… variables) goes to every process.
+    """
+
+    @pytest.fixture
+    def private_redis(settings: Any, tmp_path: Path) -> Iterator[PrivateRedis]:
+        if shutil.which("redis-server") is None:
+            message = "redis-server is needed to restart Redis for real"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        redis = PrivateRedis(tmp_path)
+        redis.start()
+        settings.RQ_QUEUES = {
+            name: {**queue, "URL": redis.url} for name, queue in settings.RQ_QUEUES.items()
+        }
+        settings.GENERATOR_CHUNK_SIZE = chunk_size
+        settings.GENERATOR_FANOUT_THRESHOLD = ONE_RUN
+        try:
+            yield redis
+        finally:
+            redis.crash()
+
+    @pytest.fixture
+    def fleet(private_redis: PrivateRedis, tmp_path: Path) -> Iterator[Fleet]:
+        env = subprocess_env(
+            REDIS_URL=private_redis.url,
+            GENERATOR_CHUNK_SIZE=str(chunk_size),
+            GENERATOR_FANOUT_THRESHOLD=str(ONE_RUN),
+            **worker_env,
+        )
+        fleet = Fleet(tmp_path, env)
+        try:
+            yield fleet
+        finally:
+            fleet.stop_all()
+            print(fleet.log_text())
+
+    return private_redis, fleet
 
 
 class Fleet:
