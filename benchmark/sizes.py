@@ -21,6 +21,11 @@ class Sizes:
     # Per-chunk overhead: the CLI batch of cli_users with each chunk size.
     overhead_chunk_sizes: tuple[int, int] = (5_000, 50_000)
 
+    @property
+    def memory_users(self) -> int:
+        """One batch this big, for the worker's memory alone: does it still grow past big_users?"""
+        return 2 * self.big_users
+
 
 FULL_SIZES = Sizes(
     tutorial_sample=5,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import connection
 
 from generator import conf
@@ -28,7 +29,9 @@ TARGET_GROWTH_RATIO = 0.8
 TARGET_FANOUT_SPEEDUP = 1.5
 FANOUT_WORKERS = (1, 2, 4)
 TARGET_MEMORY_MB = 200.0
-# "Flat in N": the big batch may cost at most this much more memory than the smaller one.
+# "Flat in N": twice the big batch may cost at most this much more memory than the big one.
+# Compared above the big size, not below it: a bounded cache (SQLite's page cache) fills as
+# the first million rows go in, then stays the size it was given.
 TARGET_MEMORY_GROWTH = 1.25
 
 
@@ -83,7 +86,9 @@ class Throughput:
         # SQLite has one writer: a batch there is one job, and more workers cannot help.
         if connection.vendor == "postgresql":
             rows.append(self.fanout(big))
-        rows.append(self.memory(small, big))
+        self.log(f"Memory: generate_users {sizes.memory_users:,}, 1 idle worker")
+        huge = self.series(sizes.memory_users, repeats=1, name="memory")
+        rows.append(self.memory(small, big, huge))
         rows.append(self.chunk_overhead(small))
         return rows
 
@@ -254,24 +259,30 @@ class Throughput:
             },
         )
 
-    def memory(self, small: Series, big: Series) -> Measurement:
-        """Peak RSS of the worker with its work horses, at both CLI sizes."""
-        peaks = {s.users: megabytes(s.peak_rss_kib) for s in (small, big)}
-        sampled = {s.users: megabytes(s.sampled_peak_kib) for s in (small, big)}
-        growth = peaks[big.users] / peaks[small.users]
+    def memory(self, small: Series, big: Series, huge: Series) -> Measurement:
+        """Peak RSS of the worker with its work horses, at three sizes; flat from big to huge."""
+        peaks = {s.users: megabytes(s.peak_rss_kib) for s in (small, big, huge)}
+        sampled = {s.users: megabytes(s.sampled_peak_kib) for s in (small, big, huge)}
+        growth = peaks[huge.users] / peaks[big.users]
+        summary = [
+            f"{users:,} users: {peak:.0f} MB ({sampled[users]:.0f} MB by VmHWM)"
+            for users, peak in peaks.items()
+        ]
+        summary.append(f"{huge.users:,} vs {big.users:,}: {growth:.2f}x")
+        if connection.vendor == "sqlite":
+            summary.append(
+                f"(SQLite's page cache fills up to its {settings.SQLITE_CACHE_KIB // 1024} MB "
+                f"as the table grows: {small.users:,} vs {big.users:,} "
+                f"{peaks[big.users] / peaks[small.users]:.2f}x)"
+            )
         return Measurement(
             key="worker_memory",
             title="worker peak RSS, work horses too",
-            summary=[
-                *(
-                    f"{users:,} users: {peak:.0f} MB ({sampled[users]:.0f} MB by VmHWM)"
-                    for users, peak in peaks.items()
-                ),
-                f"{big.users:,} vs {small.users:,}: {growth:.2f}x",
-            ],
-            target=f"≤ {TARGET_MEMORY_MB:.0f} MB at {big.users:,}, growth ≤ "
-            f"{TARGET_MEMORY_GROWTH}x",
-            met=peaks[big.users] <= TARGET_MEMORY_MB and growth <= TARGET_MEMORY_GROWTH,
+            summary=summary,
+            target=f"≤ {TARGET_MEMORY_MB:.0f} MB at {big.users:,}, {huge.users:,} ≤ "
+            f"{TARGET_MEMORY_GROWTH}x {big.users:,}",
+            met=max(peaks[big.users], peaks[huge.users]) <= TARGET_MEMORY_MB
+            and growth <= TARGET_MEMORY_GROWTH,
             figures={
                 "sizes": list(peaks),
                 "peak_rss_mb": list(peaks.values()),

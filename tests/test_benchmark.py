@@ -103,7 +103,7 @@ def test_quick_benchmark_reports_every_measurement_with_figures(quick_run):
         assert measurement["target"] or measurement["met"]
     measurements = report["measurements"]
     assert measurements["password_in_redis"]["met"] is True
-    assert measurements["worker_memory"]["figures"]["sizes"] == [2000, 4000]
+    assert measurements["worker_memory"]["figures"]["sizes"] == [2000, 4000, 8000]
     assert measurements["growth"]["figures"]["batches"] == 5
     limit = "COPY" if on_postgres else "executemany"
     for key in ("cli_vs_limit", "cli_big_vs_limit"):

@@ -152,11 +152,11 @@ def test_every_default_holds_with_an_empty_environment(tmp_path: Path):
 
 
 @pytest.mark.processes
-def test_postgresql_keeps_finer_chunks_by_default(tmp_path: Path):
+def test_postgresql_has_chunks_of_its_own_by_default(tmp_path: Path):
     # Read, never connected to: the settings alone decide.
     seen = settings_seen(tmp_path, DATABASE_URL="postgres://nobody@127.0.0.1:1/none")
 
-    assert seen["conf"]["chunk_size"] == "5000"
+    assert seen["conf"]["chunk_size"] == "20000"
 
 
 @pytest.mark.processes
