@@ -121,7 +121,7 @@ def format_table(report: Report) -> str:
     lines = [machine_line(report), ""]
     widths = (38, 70, 26)
     header = ("measurement", "figures (end to end unless said)", "target", "met")
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + header[3])
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, (*widths, 0), strict=True)))
     lines.append("  ".join("-" * w for w in widths) + "  ---")
     for number, m in enumerate(report.measurements, start=1):
         figures = [
@@ -139,7 +139,7 @@ def format_table(report: Report) -> str:
                 target[row] if row < len(target) else "",
             )
             text = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-            lines.append((text + (met if row == 0 else "")).rstrip())
+            lines.append((text + ("  " + met if row == 0 else "")).rstrip())
     lines.append("")
     if report.missed:
         note = " (not enforced in --quick)" if report.quick else ""

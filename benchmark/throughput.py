@@ -191,23 +191,39 @@ class Throughput:
         )
 
     def growth(self) -> Measurement:
-        """Batches one after the other into the same table: the last as fast as the first."""
-        users, count = self.sizes.cli_users, self.sizes.growth_batches
-        self.reset()
-        runs = []
+        """Batches one after the other into the same table: the last as fast as the first.
+
+        The series is repeated on emptied tables, and each position in it taken at its best,
+        like every other figure: one batch's noise on a shared machine is as large as the effect.
+        """
+        users, count, repeats = self.sizes.cli_users, self.sizes.growth_batches, self.sizes.repeats
+        series: list[list[BatchRun]] = [[] for _ in range(count)]
         with self.app.idle_workers(name=f"growth-{users}") as workers:
-            for number in range(1, count + 1):
-                self.log(f"Growth {number}/{count}: generate_users {users:,} into the same table")
-                runs.append(self.app.cli_batch(users, name=f"growth-{number}", workers=workers))
-        rates = [run.rate for run in runs]
-        worker_rates = [users / max(run.worker_seconds, 1e-9) for run in runs]
+            for repeat in range(1, repeats + 1):
+                self.reset()
+                for number in range(1, count + 1):
+                    self.log(
+                        f"Growth {repeat}/{repeats}, batch {number}/{count}: generate_users "
+                        f"{users:,} into the same table"
+                    )
+                    series[number - 1].append(
+                        self.app.cli_batch(users, name=f"growth-{repeat}-{number}", workers=workers)
+                    )
+        end_to_end = [Spread(tuple(run.end_to_end_seconds for run in runs)) for runs in series]
+        worker = [Spread(tuple(run.worker_seconds for run in runs)) for runs in series]
+        rates = [spread.best_rate(users) for spread in end_to_end]
+        worker_rates = [spread.best_rate(users) for spread in worker]
         ratio, worker_ratio = rates[-1] / rates[0], worker_rates[-1] / worker_rates[0]
         return Measurement(
             key="growth",
             title=f"{count} x {users:,} users: table growing",
             summary=[
-                "end to end: " + ", ".join(f"{rate:,.0f}" for rate in rates) + " users/s",
+                f"end to end, each batch's best of {repeats}: "
+                + ", ".join(f"{rate:,.0f}" for rate in rates)
+                + " users/s",
                 "worker's own: " + ", ".join(f"{rate:,.0f}" for rate in worker_rates) + " users/s",
+                f"first: {end_to_end[0].describe(users)}",
+                f"last: {end_to_end[-1].describe(users)}",
                 f"last/first {ratio:.2f} (worker's own {worker_ratio:.2f}); the table ends at "
                 f"{users * count:,} generated users",
             ],
@@ -216,8 +232,9 @@ class Throughput:
             figures={
                 "users": users,
                 "batches": count,
-                "end_to_end_seconds": [run.end_to_end_seconds for run in runs],
-                "worker_seconds": [run.worker_seconds for run in runs],
+                "repeats": repeats,
+                "end_to_end": [spread.as_json(users) for spread in end_to_end],
+                "worker": [spread.as_json(users) for spread in worker],
                 "end_to_end_users_per_second": rates,
                 "worker_users_per_second": worker_rates,
                 "ratio": ratio,

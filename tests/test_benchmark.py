@@ -104,7 +104,10 @@ def test_quick_benchmark_reports_every_measurement_with_figures(quick_run):
     measurements = report["measurements"]
     assert measurements["password_in_redis"]["met"] is True
     assert measurements["worker_memory"]["figures"]["sizes"] == [2000, 4000, 8000]
-    assert measurements["growth"]["figures"]["batches"] == 5
+    growth = measurements["growth"]["figures"]
+    assert growth["batches"] == 5
+    # Each batch of the series is a best of the repeats, as every other figure is.
+    assert [len(batch["seconds"]) for batch in growth["end_to_end"]] == [growth["repeats"]] * 5
     limit = "COPY" if on_postgres else "executemany"
     for key in ("cli_vs_limit", "cli_big_vs_limit"):
         figures = measurements[key]["figures"]
