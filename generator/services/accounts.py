@@ -6,11 +6,10 @@ import functools
 import random
 import secrets
 import string
+from typing import TYPE_CHECKING
 
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.utils import timezone
-from faker import Faker
-from faker.providers.person.en_US import Provider as PersonProvider
 
 from ..models import Batch, BatchChunk
 from .writers import SharedValues, UserRow, user_rows_insert
@@ -18,6 +17,9 @@ from .writers import SharedValues, UserRow, user_rows_insert
 USERNAME_PREFIX = "user_"
 USERNAME_RANDOM_LENGTH = 10
 EMAIL_DOMAIN = "example.com"
+
+if TYPE_CHECKING:
+    from faker import Faker
 
 
 def users_insert(
@@ -81,7 +83,11 @@ _UNEVEN_BYTES = bytes(range(len(_LETTER_BYTES), 256))
 
 @functools.cache
 def _faker() -> Faker:
-    # Building a Faker loads every provider (~20 ms): once per process, reseeded per chunk.
+    # Imported only here: importing Faker scans every locale it ships (~70 ms), which every
+    # process start, the CLI's included, would pay for the few batches with realistic names.
+    # Building one loads every provider (~20 ms): once per process, reseeded per chunk.
+    from faker import Faker
+
     return Faker("en_US")
 
 
@@ -104,6 +110,8 @@ def names_draw(faker: Faker | None, count: int) -> list[tuple[str, str]]:
     """
     if faker is None:
         return [("", "")] * count
+    from faker.providers.person.en_US import Provider as PersonProvider
+
     first = faker.random_elements(PersonProvider.first_names, length=count, use_weighting=True)
     last = faker.random_elements(PersonProvider.last_names, length=count, use_weighting=True)
     return list(zip(first, last, strict=True))
