@@ -1,6 +1,7 @@
 import random
 import re
 import string
+import threading
 from datetime import timedelta
 
 import pytest
@@ -300,3 +301,68 @@ def test_a_database_out_of_reach_is_waited_for_and_a_wrong_query_is_not(settings
     with pytest.raises(DatabaseError):
         retries.database_errors_retrying(wrong)
     assert len(tries) == 1
+
+
+def _rows_ahead(monkeypatch: pytest.MonkeyPatch, *, ahead: bool) -> None:
+    """The next chunk's rows made in a thread (as on PostgreSQL) or in line (as on SQLite),
+    whatever the engine the suite runs on."""
+    monkeypatch.setattr(chunks, "rows_ahead_order", lambda: sorted if ahead else None)
+
+
+@pytest.mark.django_db
+def test_a_lone_run_makes_each_next_chunks_rows_in_a_thread_once(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    _rows_ahead(monkeypatch, ahead=True)
+    made_in: list[str] = []
+    make = chunks.user_rows_make
+
+    def recorded(**kwargs):
+        made_in.append(threading.current_thread().name)
+        return make(**kwargs)
+
+    monkeypatch.setattr(chunks, "user_rows_make", recorded)
+    batch = make_batch(250, chunk_size=50)
+
+    services.batch_generate_users(batch_id=batch.pk)
+
+    assert User.objects.filter(batch=batch).count() == 250
+    # The first chunk's rows in line, each next one's while the one before committed, and
+    # none made twice (nor after the last chunk).
+    assert made_in[0] == threading.main_thread().name
+    assert len(made_in) == 5
+    assert all(name.startswith("rows-ahead") for name in made_in[1:])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("realistic_names", [False, True], ids=["plain", "realistic-names"])
+def test_a_seeded_batch_makes_the_same_accounts_with_rows_made_ahead_or_in_line(
+    monkeypatch: pytest.MonkeyPatch, realistic_names: bool
+):
+    def seeded_accounts(*, ahead: bool) -> list[tuple[str, str, str]]:
+        _rows_ahead(monkeypatch, ahead=ahead)
+        batch = services.batch_create(
+            requested_by=None, total=230, chunk_size=50, realistic_names=realistic_names, seed=42
+        )
+        # Chunk 1 held by another live run: after chunk 0 the guess (chunk 1) is wrong once,
+        # and chunk 1 is filled last, by a run of its own.
+        BatchChunk.objects.filter(batch=batch, index=1).update(
+            lease_owner="other-run", lease_expires_at=timezone.now() + timedelta(days=1)
+        )
+        services.batch_generate_users(batch_id=batch.pk)
+        BatchChunk.objects.filter(batch=batch, index=1).update(lease_expires_at=timezone.now())
+        services.batch_generate_users(batch_id=batch.pk)
+        batch.refresh_from_db()
+        assert batch.status == Batch.Status.FINISHED
+        accounts = sorted(
+            User.objects.filter(batch=batch).values_list("username", "first_name", "last_name")
+        )
+        # As fresh a database as before, for the same request again.
+        User.objects.filter(batch=batch).delete()
+        batch.delete()
+        return accounts
+
+    made_ahead = seeded_accounts(ahead=True)
+    assert len(made_ahead) == 230
+    assert all(first for _, first, _ in made_ahead) == realistic_names
+    assert made_ahead == seeded_accounts(ahead=False)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.utils import timezone
 
-from ..models import Batch, BatchChunk
+from ..models import Batch
 from .writers import SharedValues, UserRow, user_rows_insert
 
 USERNAME_PREFIX = "user_"
@@ -22,31 +22,37 @@ if TYPE_CHECKING:
     from faker import Faker
 
 
-def users_insert(
-    *, batch: Batch, count: int, rng: random.Random, faker: Faker | None = None
-) -> int:
-    """Insert up to `count` users for the batch and return exactly how many were inserted.
+def user_rows_make(
+    *, password_hash: str, count: int, rng: random.Random, faker: Faker | None = None
+) -> list[UserRow]:
+    """Up to `count` accounts' rows (fewer when the draw repeated a username).
 
-    A username that is already taken, even by a transaction running at the same time, is
-    skipped by the database and the caller asks again for the difference. So a seed repeated
-    on the same database yields fresh usernames for the ones its first use already took.
+    Made in memory alone, without the database or the batch's row, so that a thread can make
+    the next chunk's rows while the database writes the current chunk's.
     """
     # dict.fromkeys, not a set: the draw order (and so which names go with which username)
     # must not depend on string hashing, which differs between processes.
     usernames = list(dict.fromkeys(usernames_draw(rng, count)))
     names = names_draw(faker, len(usernames))
     passwords = (
-        [batch.password_hash] * len(usernames)
-        if batch.password_hash
-        else unusable_passwords(len(usernames))
+        [password_hash] * len(usernames) if password_hash else unusable_passwords(len(usernames))
     )
     # In the order of writers.ROW_COLUMNS; what all of them share is written once.
-    rows: list[UserRow] = [
+    return [
         (username, f"{username}@{EMAIL_DOMAIN}", first_name, last_name, password)
         for username, (first_name, last_name), password in zip(
             usernames, names, passwords, strict=True
         )
     ]
+
+
+def users_insert(*, batch: Batch, rows: list[UserRow]) -> int:
+    """Insert the rows as the batch's users and return exactly how many were inserted.
+
+    A username that is already taken, even by a transaction running at the same time, is
+    skipped by the database and the caller makes rows again for the difference. So a seed
+    repeated on the same database yields fresh usernames for the ones its first use took.
+    """
     shared = SharedValues(
         date_joined=timezone.now(),
         batch_id=batch.pk,
@@ -91,14 +97,13 @@ def _faker() -> Faker:
     return Faker("en_US")
 
 
-def chunk_faker(*, batch: Batch, chunk: BatchChunk, rng: random.Random) -> Faker | None:
-    """The Faker that names the chunk's accounts, seeded for it; None for empty names."""
+def chunk_faker(*, batch: Batch, index: int, rng: random.Random) -> Faker | None:
+    """The Faker that names the accounts of the batch's chunk `index`, seeded for it; None for
+    empty names."""
     if not batch.realistic_names:
         return None
     faker = _faker()
-    faker.seed_instance(
-        f"{batch.seed}:{chunk.index}" if batch.seed is not None else rng.getrandbits(64)
-    )
+    faker.seed_instance(f"{batch.seed}:{index}" if batch.seed is not None else rng.getrandbits(64))
     return faker
 
 
