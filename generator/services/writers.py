@@ -11,8 +11,9 @@ costs a bind per row; on PostgreSQL the shared columns are one pre-formatted lin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
@@ -118,7 +119,7 @@ def _user_rows_copy(rows: list[UserRow], shared: SharedValues) -> int:
     # username indexes, which the server finds in its buffers once per run of neighbours
     # rather than once per row (measured: 1M users 68k/s -> 81k/s). Only the ids' order
     # changes; which accounts a seed makes does not. (SQLite measured no gain.)
-    rows = sorted(rows)
+    rows = sorted(rows, key=_username)
     try:
         with transaction.atomic():
             _copy_into(User._meta.db_table, rows, shared)
@@ -160,6 +161,10 @@ def _copy_into(table: str, rows: list[UserRow], shared: SharedValues) -> None:
             copy.write(piece)
 
 
+def _username(row: UserRow) -> str:
+    return row[0]
+
+
 def _copy_text(rows: list[UserRow], shared: SharedValues) -> Iterator[str]:
     """The rows in COPY's text format, a piece at a time.
 
@@ -168,21 +173,18 @@ def _copy_text(rows: list[UserRow], shared: SharedValues) -> Iterator[str]:
     line ending formatted once.
     """
     ending = "\t" + "\t".join(_copy_value(value) for value in shared) + "\n"
-    per_row = _copy_specials("\t" * (len(ROW_COLUMNS) - 1) + ending)
     for start in range(0, len(rows), COPY_PIECE_ROWS):
         piece = rows[start : start + COPY_PIECE_ROWS]
-        text = "".join(["\t".join(row) + ending for row in piece])
-        # The app's own values hold no tab, newline or backslash: when the piece holds just
-        # the ones its formatting put there, no value needs escaping (counted in C, cheap).
-        if _copy_specials(text) != tuple(count * len(piece) for count in per_row):
-            text = "".join(
-                ["\t".join(_copy_escaped(value) for value in row) + ending for row in piece]
-            )
-        yield text
+        # The app's own values hold no tab, newline, carriage return or backslash: looked for
+        # in all of the piece's values at once (in C, cheap), they need no escaping.
+        values = "".join(chain.from_iterable(piece))
+        fields: Sequence[Sequence[str]] = piece
+        if any(special in values for special in _COPY_SPECIALS):
+            fields = [[_copy_escaped(value) for value in row] for row in piece]
+        yield ending.join(map("\t".join, fields)) + ending
 
 
-def _copy_specials(text: str) -> tuple[int, ...]:
-    return tuple(text.count(special) for special in "\t\n\r\\")
+_COPY_SPECIALS = "\t\n\r\\"
 
 
 def _copy_escaped(value: str) -> str:
