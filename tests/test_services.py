@@ -306,7 +306,7 @@ def test_a_database_out_of_reach_is_waited_for_and_a_wrong_query_is_not(settings
 def _rows_ahead(monkeypatch: pytest.MonkeyPatch, *, ahead: bool) -> None:
     """The next chunk's rows made in a thread (as on PostgreSQL) or in line (as on SQLite),
     whatever the engine the suite runs on."""
-    monkeypatch.setattr(chunks, "rows_ahead_order", lambda: sorted if ahead else None)
+    monkeypatch.setattr(chunks, "rows_made_ahead_help", lambda: ahead)
 
 
 @pytest.mark.django_db

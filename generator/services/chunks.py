@@ -29,7 +29,7 @@ from ..models import Batch, BatchChunk
 from .accounts import chunk_faker, user_rows_make, users_insert
 from .lifecycle import ProgressCallback, batch_release, batch_start
 from .retries import database_errors_retrying
-from .writers import UserRow, rows_ahead_order
+from .writers import UserRow, rows_made_ahead_help
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def batch_generate_users(
     run_id = run_id or uuid.uuid4().hex
     rng = rng or random.Random(secrets.randbits(64))
     lease = Lease(run_id=run_id, holder=holder, holders_gone=holders_gone)
-    with RowsAhead(order=rows_ahead_order()) as ahead:
+    with RowsAhead(in_thread=rows_made_ahead_help()) as ahead:
         return _chunks_fill(
             batch_id=batch_id,
             lease=lease,
@@ -148,12 +148,8 @@ class ChunkRows:
             password_hash=self._password_hash, count=count, rng=self._rng, faker=self._faker
         )
 
-    def with_first(
-        self, order: Callable[[list[UserRow]], list[UserRow]] | None = None
-    ) -> ChunkRows:
+    def with_first(self) -> ChunkRows:
         self.first = self.make(self.size)
-        if order is not None:
-            self.first = order(self.first)
         return self
 
 
@@ -168,11 +164,9 @@ class RowsAhead:
     stream and the process's one Faker always go in the order they would without the thread.
     """
 
-    def __init__(self, *, order: Callable[[list[UserRow]], list[UserRow]] | None) -> None:
-        """`order`: how the writer wants the rows (see writers.rows_ahead_order); None: no
-        thread, every chunk's rows made when it is filled."""
-        self._order = order
-        self._executor = ThreadPoolExecutor(1, "rows-ahead") if order is not None else None
+    def __init__(self, *, in_thread: bool) -> None:
+        """Without the thread, every chunk's rows are made when it is filled."""
+        self._executor = ThreadPoolExecutor(1, "rows-ahead") if in_thread else None
         self._next: Future[ChunkRows] | None = None
 
     def __enter__(self) -> RowsAhead:
@@ -184,7 +178,7 @@ class RowsAhead:
 
     def make_next(self, rows: Callable[[], ChunkRows]) -> None:
         if self._executor is not None:
-            self._next = self._executor.submit(lambda: rows().with_first(self._order))
+            self._next = self._executor.submit(lambda: rows().with_first())
 
     def take(self, key: RowsKey, rows: Callable[[], ChunkRows]) -> ChunkRows:
         """The chunk's rows: made ahead if the guess was right, else made now."""
@@ -257,7 +251,7 @@ def chunk_fill(
 ) -> bool:
     """Commit the chunk's users, its count and its end in one transaction, if the run still
     holds it and the batch still runs; whether it did."""
-    ahead = ahead or RowsAhead(order=None)
+    ahead = ahead or RowsAhead(in_thread=False)
     with transaction.atomic():
         chunk = BatchChunk.objects.select_for_update().get(pk=chunk_id)
         if chunk.done or chunk.lease_owner != run_id:

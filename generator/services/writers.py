@@ -11,7 +11,7 @@ costs a bind per row; on PostgreSQL the shared columns are one pre-formatted lin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import chain
 from typing import NamedTuple
@@ -54,16 +54,14 @@ def user_rows_insert(rows: list[UserRow], shared: SharedValues) -> int:
     return _user_rows_executemany(rows, shared)
 
 
-def rows_ahead_order() -> Callable[[list[UserRow]], list[UserRow]] | None:
-    """How rows made ahead in a thread, while this engine writes others, should be ordered;
-    None where making them ahead does not pay.
+def rows_made_ahead_help() -> bool:
+    """Whether making the next rows in a thread, while this engine writes others, pays.
 
-    PostgreSQL's driver waits for the server without the GIL for a whole COPY or commit, and
-    its writer COPYs in username order (see _user_rows_copy): rows sorted ahead, in the thread,
-    cost its own sort one pass. SQLite's executemany takes the GIL back after every row it
-    steps, so a thread making rows meanwhile only takes turns with it.
+    PostgreSQL's driver waits for the server without the GIL for a whole COPY or commit.
+    SQLite's executemany takes the GIL back after every row it steps, so a thread making rows
+    meanwhile only takes turns with it.
     """
-    return sorted if connection.vendor == "postgresql" else None
+    return connection.vendor == "postgresql"
 
 
 def _user_insert_sql(*, source: str) -> str:
@@ -115,11 +113,6 @@ def _user_rows_copy(rows: list[UserRow], shared: SharedValues) -> int:
     users/s on 200k. COPY cannot skip a taken username: it fails whole, and the savepoint
     undoes only it. With 52^10 possible names a clash is rare, so the fallback is too.
     """
-    # In username order: neighbouring rows then land on the same leaf pages of the two
-    # username indexes, which the server finds in its buffers once per run of neighbours
-    # rather than once per row (measured: 1M users 68k/s -> 81k/s). Only the ids' order
-    # changes; which accounts a seed makes does not. (SQLite measured no gain.)
-    rows = sorted(rows, key=_username)
     try:
         with transaction.atomic():
             _copy_into(User._meta.db_table, rows, shared)
@@ -159,10 +152,6 @@ def _copy_into(table: str, rows: list[UserRow], shared: SharedValues) -> None:
     ):
         for piece in _copy_text(rows, shared):
             copy.write(piece)
-
-
-def _username(row: UserRow) -> str:
-    return row[0]
 
 
 def _copy_text(rows: list[UserRow], shared: SharedValues) -> Iterator[str]:
