@@ -54,7 +54,6 @@ def user_rows_make(
     return rows
 
 
-
 def users_insert(*, batch: Batch, rows: list[UserRow]) -> int:
     """Insert the rows as the batch's users and return exactly how many were inserted.
 
