@@ -322,13 +322,14 @@ def test_a_lone_run_makes_each_next_chunks_rows_in_a_thread_once(
         return make(**kwargs)
 
     monkeypatch.setattr(chunks, "user_rows_make", recorded)
-    batch = make_batch(250, chunk_size=50)
+    # Four chunks of 50 and a smaller last one of 30.
+    batch = make_batch(230, chunk_size=50)
 
     services.batch_generate_users(batch_id=batch.pk)
 
-    assert User.objects.filter(batch=batch).count() == 250
+    assert User.objects.filter(batch=batch).count() == 230
     # The first chunk's rows in line, each next one's while the one before committed, and
-    # none made twice (nor after the last chunk).
+    # none made twice, nor after the chunk that finished the batch.
     assert made_in[0] == threading.main_thread().name
     assert len(made_in) == 5
     assert all(name.startswith("rows-ahead") for name in made_in[1:])
@@ -366,3 +367,23 @@ def test_a_seeded_batch_makes_the_same_accounts_with_rows_made_ahead_or_in_line(
     assert len(made_ahead) == 230
     assert all(first for _, first, _ in made_ahead) == realistic_names
     assert made_ahead == seeded_accounts(ahead=False)
+
+
+@pytest.mark.django_db
+def test_rows_whose_making_ahead_failed_are_made_in_line(monkeypatch: pytest.MonkeyPatch):
+    _rows_ahead(monkeypatch, ahead=True)
+    make = chunks.user_rows_make
+
+    def failing_in_the_thread(**kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            raise MemoryError("no room for the next chunk's rows")
+        return make(**kwargs)
+
+    monkeypatch.setattr(chunks, "user_rows_make", failing_in_the_thread)
+    batch = make_batch(150, chunk_size=50)
+
+    services.batch_generate_users(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert (batch.status, batch.created_count) == (Batch.Status.FINISHED, 150)
+    assert User.objects.filter(batch=batch).count() == 150

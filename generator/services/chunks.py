@@ -184,9 +184,15 @@ class RowsAhead:
         """The chunk's rows: made ahead if the guess was right, else made now."""
         made, self._next = self._next, None
         if made is not None:
-            ahead = made.result()  # also waits: never two makings at once
-            if ahead.key == key:
-                return ahead
+            try:
+                ahead = made.result()  # also waits: never two makings at once
+            except Exception:
+                # Only a guess failed: the chunk's rows are made again, here, where an error
+                # that is not the guess's own shows for the chunk it belongs to.
+                logger.warning("rows made ahead failed; making them in line", exc_info=True)
+            else:
+                if ahead.key == key:
+                    return ahead
         return rows().with_first()
 
 
@@ -284,15 +290,15 @@ def chunk_fill(
         )
         # The batch row is locked by the update above until commit, so exactly one run
         # sees the count reach the total and finishes the batch.
-        Batch.objects.filter(
+        finished = Batch.objects.filter(
             pk=batch.pk, status=Batch.Status.RUNNING, created_count__gte=F("total")
         ).update(status=Batch.Status.FINISHED, finished_at=timezone.now())
         # Last before the commit, the longest wait: a thread waking the main one waits for the
         # GIL, so it should start as the statements (each a wake) are done. The guess: the next
         # chunk in order, as big as this one (chunks are cut in order, all of one size but the
-        # last). After a smaller last chunk it is made for nothing.
+        # last); none once the batch is finished.
         following = min(chunk.size, batch.total - (chunk.index + 1) * chunk.size)
-        if following > 0:
+        if not finished and following > 0:
             ahead.make_next(
                 partial(ChunkRows, batch=batch, index=chunk.index + 1, size=following, rng=rng)
             )
