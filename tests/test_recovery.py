@@ -9,6 +9,7 @@ exactly its total. The cron process never runs here: the workers must not need i
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import re
@@ -82,15 +83,21 @@ def finishes_exactly(fleet: Fleet, batch: Batch, timeout: float = 120) -> None:
     assert_exactly_made(batch, fleet.log_text)
 
 
-def sigkill(worker: subprocess.Popen, *, with_work_horse: bool = True) -> None:
-    """SIGKILL the worker (as a crashed machine or `kill -9` does), its work horse too."""
+def sigkill(
+    worker: subprocess.Popen, *, with_work_horse: bool = True, job_required: bool = True
+) -> None:
+    """SIGKILL the worker (as a crashed machine or `kill -9` does), its work horse too.
+
+    `job_required=False`: whether it runs a job at that instant is left to chance (the chaos).
+    """
     horse = work_horse_of(worker.pid)
-    assert horse is not None, "the worker runs no job"
-    if with_work_horse:
-        os.kill(horse, signal.SIGKILL)
+    assert horse is not None or not job_required, "the worker runs no job"
+    if with_work_horse and horse is not None:
+        with contextlib.suppress(ProcessLookupError):  # its job ended meanwhile
+            os.kill(horse, signal.SIGKILL)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
-    if with_work_horse:
+    if with_work_horse and horse is not None:
         wait_for(lambda: not alive(horse), "the work horse is gone", 10, interval=POLL_SECONDS)
 
 
@@ -332,17 +339,21 @@ class Chaos(threading.Thread):
         self.fleet, self.workers, self.env, self.seconds = fleet, workers, env, seconds
         self.kills = 0
         self.rng = random.Random(12)
+        # An error in this thread would only end the chaos early: the test re-raises it.
+        self.error: BaseException | None = None
 
     def run(self) -> None:
+        try:
+            self.kill_for_a_while()
+        except BaseException as error:
+            self.error = error
+
+    def kill_for_a_while(self) -> None:
         until = time.monotonic() + self.seconds
         while time.monotonic() < until:
             time.sleep(self.rng.uniform(2, 4))
             victim = self.rng.choice(self.workers)
-            if work_horse_of(victim.pid) is not None:
-                sigkill(victim)
-            else:
-                os.kill(victim.pid, signal.SIGKILL)
-                victim.wait()
+            sigkill(victim, job_required=False)
             self.kills += 1
             self.workers[self.workers.index(victim)] = self.fleet.start("worker", **self.env)
 
@@ -381,6 +392,8 @@ def test_chaos_soak_a_worker_killed_every_3_s_for_a_minute_each_million_users_ex
         )
         assert max(done.values()) == 1, f"batch {batch.pk}: a chunk was written twice"
     chaos.join()
+    if chaos.error is not None:
+        raise chaos.error
     print(
         f"fault-free {fault_free:.1f} s; {chaos.kills} SIGKILLs in {SOAK_SECONDS} s; "
         f"batches under chaos: {', '.join(f'{seconds:.1f} s' for seconds in timings)}"
