@@ -135,13 +135,14 @@ def test_rows_whose_usernames_are_taken_are_skipped_by_the_writer() -> None:
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's connection settings")
 @pytest.mark.django_db
-def test_every_new_sqlite_connection_has_a_page_cache_sized_for_the_username_index() -> None:
+def test_every_new_sqlite_connection_and_file_is_set_for_big_batches() -> None:
     # A connection of its own, opened as the worker's work horse opens one after its fork.
     fresh = connections.create_connection("default")
     try:
         with fresh.cursor() as cursor:
             pragmas = {}
             for name in (
+                "page_size",
                 "cache_size",
                 "temp_store",
                 "wal_autocheckpoint",
@@ -154,6 +155,7 @@ def test_every_new_sqlite_connection_has_a_page_cache_sized_for_the_username_ind
         fresh.close()
     # Negative: KiB, not pages. temp_store 2 is MEMORY; synchronous 1 is NORMAL.
     assert pragmas == {
+        "page_size": settings.SQLITE_PAGE_BYTES,
         "cache_size": -settings.SQLITE_CACHE_KIB,
         "temp_store": 2,
         "wal_autocheckpoint": settings.SQLITE_WAL_AUTOCHECKPOINT_PAGES,
