@@ -81,11 +81,11 @@ class Bench:
             self.log("App: a form POST with a password, then Redis and the logs searched for it")
             password = secrets.token_urlsafe(18)
             fields = self.app.generate_form(self.sizes.latency_users, password=password)
-            batch_id, sent_at, seconds = self.app.post_generate(fields)
+            batch_id, sent, seconds = self.app.post_generate(fields)
             self.app.batch_run(
                 batch_id,
                 self.sizes.latency_users,
-                acted_at=sent_at,
+                acted=sent,
                 request_seconds=seconds,
                 workers=workers,
             )
@@ -100,7 +100,7 @@ class Bench:
             summary=[
                 f"tutorial {tutorial_seconds:,.1f} s ({per_user:.3f} s/user x {users:,}, "
                 f"sample of {sample})",
-                f"app end to end (POST sent → finished_at): {end_to_end.describe(users)}",
+                f"app end to end (POST sent → seen done): {end_to_end.describe(users)}",
                 f"app worker's own (started_at → finished_at): {worker.describe(users)}",
                 f"the POST's answer: {post.best * 1000:.0f} ms best",
                 f"app {speedup:,.0f}x faster (tutorial / best end to end)",

@@ -159,7 +159,7 @@ class Throughput:
         met = ratio >= target
         summary = [
             *floor_lines,
-            f"app end to end (command started → finished_at): {series.end_to_end.describe(users)}",
+            f"app end to end (command started → seen done): {series.end_to_end.describe(users)}",
             f"app worker's own (started_at → finished_at): {series.worker.describe(users)}",
             f"the command until it printed the batch id: {series.command.best:.2f} s best",
             f"end to end / limit {ratio:.2f} (worker's own / limit {worker_ratio:.2f})",
