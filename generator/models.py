@@ -161,6 +161,11 @@ class Batch(models.Model):
         return timedelta(seconds=(self.total - self.created_count) / rate)
 
 
+# Who holds a chunk's lease, as (lease_worker, lease_job): an RQ worker's name and the id of
+# the job it runs ("" outside RQ, where only the lease's expiry tells).
+LeaseHolder = tuple[str, str]
+
+
 class BatchChunk(models.Model):
     """A slice of a batch that one run claims, fills and commits in one transaction."""
 

@@ -27,7 +27,7 @@ from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
 
 from . import conf
-from .models import Batch
+from .models import Batch, LeaseHolder
 
 BATCH_RUN = "generator.jobs.batch_run"
 BATCH_USERS_DELETE = "generator.jobs.batch_users_delete"
@@ -44,9 +44,6 @@ JobTimedOut = JobTimeoutException
 # beating (killed, frozen, cut off) drops out by Redis's clock alone, no clocks compared.
 WORKER_BEAT_KEY = "generator:worker-beat:{}"
 BEATS_MISSED_FOR_DEATH = 3
-
-# Who holds a chunk lease: the RQ worker's name and the id of the job it runs.
-LeaseHolder = tuple[str, str]
 
 
 def batch_queue() -> Queue:

@@ -92,7 +92,7 @@ def batch_run(
     batch_id: int,
     run_id: str,
     on_progress: ProgressCallback,
-    holder: queueing.LeaseHolder = ("", ""),
+    holder: services.LeaseHolder = services.NO_HOLDER,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> Batch:
     """One run of the batch (a job): fill its free chunks, a dead run's first, and between
@@ -212,8 +212,8 @@ def batch_users_delete_enqueue(batch_id: int) -> bool:
 
 
 def _lease_holders_gone_if_known(
-    holders: Collection[queueing.LeaseHolder],
-) -> set[queueing.LeaseHolder]:
+    holders: Collection[services.LeaseHolder],
+) -> set[services.LeaseHolder]:
     """The holders judged gone; none while Redis cannot be asked (their leases still run out),
     so that a Redis outage only slows a takeover down."""
     try:

@@ -6,7 +6,7 @@ here, so `services.batch_create` and the like need no module name.
 """
 
 from .accounts import EMAIL_DOMAIN, USERNAME_PREFIX, usernames_draw
-from .chunks import batch_generate_users
+from .chunks import NO_HOLDER, LeaseHolder, batch_generate_users
 from .deletion import batch_users_delete, batch_users_delete_request
 from .lifecycle import (
     ProgressCallback,
@@ -23,9 +23,11 @@ from .writers import USER_INSERT_COLUMNS
 
 __all__ = [
     "EMAIL_DOMAIN",
+    "NO_HOLDER",
     "USERNAME_PREFIX",
     "USER_INSERT_COLUMNS",
     "BatchOptions",
+    "LeaseHolder",
     "ProgressCallback",
     "batch_cancel",
     "batch_create",

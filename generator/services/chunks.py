@@ -25,7 +25,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import conf
-from ..models import Batch, BatchChunk
+from ..models import Batch, BatchChunk, LeaseHolder
 from .accounts import chunk_faker, user_rows_make, users_insert
 from .lifecycle import ProgressCallback, batch_release, batch_start
 from .retries import database_errors_retrying
@@ -33,9 +33,6 @@ from .writers import UserRow, rows_made_ahead_help
 
 logger = logging.getLogger(__name__)
 
-# Who holds a lease, for others to judge it: an RQ worker's name and its job's id ("" outside
-# RQ, where only the lease's expiry tells).
-LeaseHolder = tuple[str, str]
 # Those of the given holders that are dead or no longer run that job.
 HoldersGone = Callable[[Collection[LeaseHolder]], set[LeaseHolder]]
 NO_HOLDER: LeaseHolder = ("", "")
