@@ -39,7 +39,7 @@ from .scratch import ScratchRedis
 # How often this process looks whether a batch has ended: the end-to-end figure is the first
 # look that sees it, so it is at most this much too long. A big batch is looked at less often,
 # so that the looks take less of the CPU the worker and the database share with them.
-POLL_SECONDS_SMALL = 0.005
+POLL_SECONDS_SMALL = 0.001
 POLL_SECONDS_BIG = 0.01
 SMALL_BATCH = 10_000
 

@@ -209,12 +209,15 @@ def test_a_reopened_batch_finishes_exactly_what_is_missing():
     batch.refresh_from_db()
     assert (batch.status, batch.created_count) == (Batch.Status.FAILED, 100)
 
+    first_started_at = batch.started_at
     assert services.batch_reopen(batch_id=batch.pk).status == Batch.Status.PENDING
     services.batch_generate_users(batch_id=batch.pk)
 
     batch.refresh_from_db()
     assert batch.status == Batch.Status.FINISHED
     assert User.objects.filter(batch=batch).count() == 300
+    # Its figures cover the whole batch, the first run's part too.
+    assert batch.started_at == first_started_at
     assert services.batch_reopen(batch_id=batch.pk).status == Batch.Status.FINISHED
 
 

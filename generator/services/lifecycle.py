@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from ..models import Batch, BatchChunk, User
@@ -16,13 +18,20 @@ ProgressCallback = Callable[[Batch], None]
 
 
 def batch_start(*, batch_id: int) -> Batch:
-    """Mark a pending batch running (its first start is kept) and return it."""
-    now = timezone.now()
-    Batch.objects.filter(pk=batch_id, status=Batch.Status.PENDING).update(
-        status=Batch.Status.RUNNING, started_at=now
+    """Mark a pending batch running and return it; a resumed batch keeps the start of its
+    first run, so that its figures cover the whole batch."""
+    now = Value(timezone.now(), output_field=models.DateTimeField())
+    # One statement, matching nothing once the batch runs and has started: a run joining a
+    # running batch neither waits for nor locks its row.
+    Batch.objects.filter(pk=batch_id).filter(
+        Q(status=Batch.Status.PENDING) | Q(started_at__isnull=True)
+    ).update(
+        status=Case(
+            When(status=Batch.Status.PENDING, then=Value(Batch.Status.RUNNING)),
+            default=F("status"),
+        ),
+        started_at=Coalesce(F("started_at"), now),
     )
-    # A resumed batch keeps the start of its first run, so its figures cover the whole batch.
-    Batch.objects.filter(pk=batch_id, started_at__isnull=True).update(started_at=now)
     return Batch.objects.get(pk=batch_id)
 
 
