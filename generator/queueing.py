@@ -103,6 +103,14 @@ def batch_users_delete_enqueue(batch_id: int) -> str:
     return job_id
 
 
+def batch_of_stopped_run(job: Job) -> int | None:
+    """The batch of a run job that was stopped (the dashboard's Stop, RQ's stop-job command),
+    else None; QueueUnavailable when Redis cannot be reached."""
+    if job.func_name != BATCH_RUN or job.get_status() != JobStatus.STOPPED:
+        return None
+    return int(job.args[0])
+
+
 @dataclass(frozen=True)
 class JobsSeen:
     """Of the jobs asked about: those Redis has, and those it has that are attended (waiting

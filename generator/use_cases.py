@@ -75,6 +75,14 @@ def batch_resume(*, batch_id: int, resumed_by: User | None = None) -> Batch:
     return batch
 
 
+def batch_run_stopped(*, batch_id: int) -> None:
+    """One of the batch's runs was stopped from the queue dashboard: the batch stops with it,
+    resumable, instead of the reconciler queueing a run again at once."""
+    services.batch_fail(
+        batch_id=batch_id, reason="A job of the batch was stopped from the queue dashboard."
+    )
+
+
 def batch_users_delete_submit(*, batch_id: int) -> Batch:
     """Mark the batch for deletion and enqueue the job once that is committed.
 

@@ -136,8 +136,20 @@ class BatchWorker(HerokuWorker):
         finally:
             self.running_job_id = ""
             self.heartbeat()  # at once: the job's leases are void from now on
+        self.stopped_run_settle(job)
         # A work horse that died (the OOM killer) left its batch to be taken over now.
         self.reconcile("job end")
+
+    def stopped_run_settle(self, job: Job) -> None:
+        """A run a person stopped (the dashboard's Stop) stops its batch, before the reconcile
+        that would take the batch for abandoned and queue it again."""
+        try:
+            batch_id = queueing.batch_of_stopped_run(job)
+            if batch_id is not None:
+                use_cases.batch_run_stopped(batch_id=batch_id)
+                self.log.warning("batch %s: its job %s was stopped, so is it", batch_id, job.id)
+        except (RedisError, DatabaseError):
+            self.log.warning("job %s: could not tell whether it was stopped", job.id, exc_info=True)
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None

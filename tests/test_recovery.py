@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 from redis import Redis
 from rq import Worker
 
-from generator import queueing, use_cases
+from generator import conf, queueing, use_cases
 from generator.models import Batch, BatchChunk
 
 from .support import manage, wait_for
@@ -249,6 +252,33 @@ def test_redis_restarted_empty_while_a_batch_runs_it_runs_on_within_10_s(
     finishes_exactly(fleet, batch)
     assert worker.poll() is None
     assert idle.poll() is None
+
+
+def test_a_run_stopped_from_the_dashboard_stops_its_batch_until_it_is_resumed(
+    fleet: Fleet, dashboard_client: Client
+) -> None:
+    worker, batch = batch_under_way(fleet)
+    job_id = stored(batch).last_job_id
+    queue_index = list(settings.RQ_QUEUES).index(conf.queue_name())
+
+    # The dashboard's Stop button, pressed by a member of staff with its permission.
+    response = dashboard_client.post(reverse("django_rq:stop_job", args=[queue_index, job_id]))
+    assert response.status_code == 302
+    fleet.wait_for(
+        lambda: stored(batch).status == Batch.Status.FAILED, "the batch stopped with its job", 10
+    )
+    stopped = stored(batch)
+    assert stopped.failure_reason == "A job of the batch was stopped from the queue dashboard."
+    assert 0 < stopped.created_count < TOTAL
+    # Not taken for abandoned: no reconcile, the worker's after the job nor a later one, queues
+    # it again.
+    assert batch.pk not in use_cases.batches_reconcile().enqueued
+    assert queueing.batch_queue().count == 0
+    assert stored(batch).created_count == stopped.created_count
+    assert worker.poll() is None
+
+    use_cases.batch_resume(batch_id=batch.pk)
+    finishes_exactly(fleet, batch)
 
 
 def test_maintenance_jobs_run_at_once_while_a_long_batch_keeps_the_batch_worker_busy(
