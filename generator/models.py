@@ -82,6 +82,9 @@ class Batch(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # How long the batch sat failed or cancelled between its start and a resume: not time spent
+    # on it, so its elapsed time, rate and time left leave it out.
+    paused_for = models.DurationField(default=timedelta(0))
 
     objects = BatchQuerySet.as_manager()
 
@@ -143,7 +146,7 @@ class Batch(models.Model):
         if self.started_at is None:
             return None
         end = self.finished_at or timezone.now()
-        return max(end - self.started_at, timedelta(0))
+        return max(end - self.started_at - self.paused_for, timedelta(0))
 
     @property
     def rate(self) -> float | None:

@@ -75,10 +75,11 @@ def batch_resume(*, batch_id: int, resumed_by: User | None = None) -> Batch:
     return batch
 
 
-def batch_run_stopped(*, batch_id: int) -> None:
-    """One of the batch's runs was stopped from the queue dashboard: the batch stops with it,
-    resumable, instead of the reconciler queueing a run again at once."""
-    services.batch_fail(
+def batch_run_stopped(*, batch_id: int) -> bool:
+    """One of the batch's runs was stopped (the queue dashboard's Stop): the batch stops with
+    it, resumable, instead of the reconciler queueing a run again at once. Whether it stopped
+    the batch (not when the batch had ended already)."""
+    return services.batch_fail(
         batch_id=batch_id, reason="A job of the batch was stopped from the queue dashboard."
     )
 

@@ -133,10 +133,12 @@ class BatchWorker(HerokuWorker):
         self.running_job_id = job.id
         try:
             super().execute_job(job, queue)
+            # While the beats still name the job: until then its leases stand, and no
+            # reconcile takes the batch for abandoned.
+            self.stopped_run_settle(job)
         finally:
             self.running_job_id = ""
             self.heartbeat()  # at once: the job's leases are void from now on
-        self.stopped_run_settle(job)
         # A work horse that died (the OOM killer) left its batch to be taken over now.
         self.reconcile("job end")
 
@@ -145,11 +147,14 @@ class BatchWorker(HerokuWorker):
         that would take the batch for abandoned and queue it again."""
         try:
             batch_id = queueing.batch_of_stopped_run(job)
-            if batch_id is not None:
-                use_cases.batch_run_stopped(batch_id=batch_id)
+            if batch_id is not None and use_cases.batch_run_stopped(batch_id=batch_id):
                 self.log.warning("batch %s: its job %s was stopped, so is it", batch_id, job.id)
-        except (RedisError, DatabaseError):
-            self.log.warning("job %s: could not tell whether it was stopped", job.id, exc_info=True)
+        except StopRequested:
+            raise
+        except Exception:
+            # Whatever it is (Redis or the database unreachable, a job hash Redis lost), it
+            # must not stop the worker; the batch then goes on as if its run had died.
+            self.log.exception("job %s: could not tell whether it was stopped", job.id)
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None

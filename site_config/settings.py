@@ -181,13 +181,15 @@ SQLITE_CACHE_KIB = 64 * 1024
 # (measured, in-process, a 200k batch into an empty table and into one of 800,000 users:
 # 4 KiB 1.09 s and 1.33 s, 16 KiB 1.06 s and 1.20 s, 32 KiB 1.05 s and 1.17 s).
 SQLITE_PAGE_BYTES = 32 * 1024
-# WAL pages after which a commit also copies the WAL back into the database (default 1,000).
-# With the default, a checkpoint, with two fsyncs, came after every chunk. Every ~160 MB of WAL
-# (a file kept for reuse) a page touched by several chunks is copied once (measured at 4 KiB
-# pages: 1M users 67k/s -> 82k/s at 10,000 pages; the fifth of five 200k batches into one
-# table 1.50 s -> 1.29 s from 10,000 to 40,000). Still WAL with synchronous=NORMAL: a power cut
-# may undo the last chunks committed, each whole, and their runs make them again.
-SQLITE_WAL_AUTOCHECKPOINT_PAGES = 160 * 1024 * 1024 // SQLITE_PAGE_BYTES
+# WAL bytes after which a commit also copies the WAL back into the database (SQLite's default
+# is 1,000 pages). With the default, a checkpoint, with two fsyncs, came after every chunk.
+# Every ~160 MB of WAL (a file kept for reuse) a page touched by several chunks is copied once
+# (measured at 4 KiB pages: 1M users 67k/s -> 82k/s at 10,000 pages; the fifth of five 200k
+# batches into one table 1.50 s -> 1.29 s from 10,000 to 40,000). SQLite counts it in pages of
+# the file's own size: generator.sqlite sets it on each connection. Still WAL with
+# synchronous=NORMAL: a power cut may undo the last chunks committed, each whole, and their
+# runs make them again.
+SQLITE_WAL_CHECKPOINT_BYTES = 160 * 1024 * 1024
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The worker and the web server write to the same file: wait for the lock instead of
     # failing at once, and let readers go on while a chunk is being written (WAL).
@@ -199,8 +201,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             # page_size first: it only takes effect before the file's first page is written.
             f"PRAGMA page_size={SQLITE_PAGE_BYTES}; "
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-            f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}; PRAGMA temp_store=MEMORY; "
-            f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES};"
+            f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}; PRAGMA temp_store=MEMORY;"
         ),
     }
     # A file, not memory, so that worker processes started by the tests see the same data.

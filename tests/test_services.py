@@ -199,13 +199,19 @@ def test_cancel_stops_between_chunks_and_keeps_what_was_made():
     assert User.objects.filter(batch=batch).count() == 200
 
 
-@pytest.mark.django_db
-def test_a_reopened_batch_finishes_exactly_what_is_missing():
+def batch_failed_after_its_first_chunk() -> Batch:
+    """A batch of 300 users in chunks of 100, failed once its first chunk is committed."""
     batch = make_batch(300, chunk_size=100)
     services.batch_generate_users(
         batch_id=batch.pk,
         on_progress=lambda progress: services.batch_fail(batch_id=batch.pk, reason="boom"),
     )
+    return batch
+
+
+@pytest.mark.django_db
+def test_a_reopened_batch_finishes_exactly_what_is_missing():
+    batch = batch_failed_after_its_first_chunk()
     batch.refresh_from_db()
     assert (batch.status, batch.created_count) == (Batch.Status.FAILED, 100)
 
@@ -219,6 +225,43 @@ def test_a_reopened_batch_finishes_exactly_what_is_missing():
     # Its figures cover the whole batch, the first run's part too.
     assert batch.started_at == first_started_at
     assert services.batch_reopen(batch_id=batch.pk).status == Batch.Status.FINISHED
+
+
+@pytest.mark.django_db
+def test_a_resumed_batch_leaves_its_pause_out_of_its_elapsed_time_rate_and_time_left():
+    batch = batch_failed_after_its_first_chunk()
+    # It failed an hour ago, after 10 s of work.
+    failed_at = timezone.now() - timedelta(hours=1)
+    started_at = failed_at - timedelta(seconds=10)
+    Batch.objects.filter(pk=batch.pk).update(started_at=started_at, finished_at=failed_at)
+
+    services.batch_reopen(batch_id=batch.pk)
+    reopened = Batch.objects.get(pk=batch.pk)
+    assert timedelta(hours=1) <= reopened.paused_for < timedelta(hours=1, minutes=1)
+    services.batch_generate_users(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    assert batch.started_at == started_at
+    assert batch.elapsed is not None
+    assert timedelta(seconds=10) <= batch.elapsed < timedelta(minutes=1)
+    assert batch.rate is not None
+    assert batch.rate > 300 / 60
+
+
+@pytest.mark.django_db
+def test_a_batch_failed_before_it_started_has_no_pause_to_leave_out_once_resumed():
+    batch = make_batch(100)
+    services.batch_fail(batch_id=batch.pk, reason="boom")
+    Batch.objects.filter(pk=batch.pk).update(finished_at=timezone.now() - timedelta(hours=1))
+
+    services.batch_reopen(batch_id=batch.pk)
+    services.batch_generate_users(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert batch.paused_for == timedelta(0)
+    assert batch.elapsed is not None
+    assert batch.elapsed < timedelta(minutes=1)
 
 
 def test_the_raw_user_insert_sets_every_column_of_the_user_table():

@@ -3,7 +3,10 @@ PostgreSQL, redone through a staging table only when a username is taken; execut
 shared values written once on SQLite; and SQLite connections sized for the username index."""
 
 import random
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -133,11 +136,10 @@ def test_rows_whose_usernames_are_taken_are_skipped_by_the_writer() -> None:
     assert usernames_of(batch) == {"user_freenamexx", "user_freenameyy"}
 
 
-@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's connection settings")
-@pytest.mark.django_db
-def test_every_new_sqlite_connection_and_file_is_set_for_big_batches() -> None:
-    # A connection of its own, opened as the worker's work horse opens one after its fork.
-    fresh = connections.create_connection("default")
+def sqlite_pragmas(alias: str = "default", **settings_dict: object) -> dict[str, object]:
+    """The pragmas of a connection of its own, opened as the worker's work horse opens one."""
+    fresh = connections.create_connection(alias)
+    fresh.settings_dict = {**fresh.settings_dict, **settings_dict}
     try:
         with fresh.cursor() as cursor:
             pragmas = {}
@@ -153,16 +155,38 @@ def test_every_new_sqlite_connection_and_file_is_set_for_big_batches() -> None:
                 pragmas[name] = cursor.fetchone()[0]
     finally:
         fresh.close()
+    return pragmas
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's connection settings")
+@pytest.mark.django_db
+def test_every_new_sqlite_connection_and_file_is_set_for_big_batches() -> None:
     # Negative: KiB, not pages. temp_store 2 is MEMORY; synchronous 1 is NORMAL.
-    assert pragmas == {
+    assert sqlite_pragmas() == {
         "page_size": settings.SQLITE_PAGE_BYTES,
         "cache_size": -settings.SQLITE_CACHE_KIB,
         "temp_store": 2,
-        "wal_autocheckpoint": settings.SQLITE_WAL_AUTOCHECKPOINT_PAGES,
+        "wal_autocheckpoint": settings.SQLITE_WAL_CHECKPOINT_BYTES // settings.SQLITE_PAGE_BYTES,
         "journal_mode": "wal",
         "synchronous": 1,
     }
-    # Room for the username index of a million users (~40 MB), and fewer checkpoints than
+    # Room for the username index of a million users (~40 MB), and far fewer checkpoints than
     # SQLite's default of one per 1,000 pages.
     assert settings.SQLITE_CACHE_KIB >= 64 * 1024
-    assert settings.SQLITE_WAL_AUTOCHECKPOINT_PAGES > 1_000
+    assert settings.SQLITE_WAL_CHECKPOINT_BYTES >= 100 * 1024 * 1024
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's connection settings")
+@pytest.mark.django_db
+def test_a_file_made_with_smaller_pages_keeps_them_and_checkpoints_every_as_many_bytes(
+    tmp_path: Path,
+) -> None:
+    older = tmp_path / "older.sqlite3"
+    with closing(sqlite3.connect(older)) as made_before:
+        made_before.execute("PRAGMA page_size=4096")
+        made_before.execute("CREATE TABLE t (x)")
+
+    pragmas = sqlite_pragmas(NAME=str(older))
+
+    assert pragmas["page_size"] == 4096
+    assert pragmas["wal_autocheckpoint"] == settings.SQLITE_WAL_CHECKPOINT_BYTES // 4096

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 from django.db import models, transaction
 from django.db.models import Case, F, Q, Value, When
@@ -21,10 +22,10 @@ def batch_start(*, batch_id: int) -> Batch:
     """Mark a pending batch running and return it; a resumed batch keeps the start of its
     first run, so that its figures cover the whole batch."""
     now = Value(timezone.now(), output_field=models.DateTimeField())
-    # One statement, matching nothing once the batch runs and has started: a run joining a
-    # running batch neither waits for nor locks its row.
+    # One statement, matching nothing once the batch runs and has started: on PostgreSQL a run
+    # joining a running batch neither waits for nor locks its row.
     Batch.objects.filter(pk=batch_id).filter(
-        Q(status=Batch.Status.PENDING) | Q(started_at__isnull=True)
+        Q(status=Batch.Status.PENDING) | Q(status=Batch.Status.RUNNING, started_at__isnull=True)
     ).update(
         status=Case(
             When(status=Batch.Status.PENDING, then=Value(Batch.Status.RUNNING)),
@@ -35,13 +36,17 @@ def batch_start(*, batch_id: int) -> Batch:
     return Batch.objects.get(pk=batch_id)
 
 
-def batch_fail(*, batch_id: int, reason: str) -> None:
-    """Mark an unfinished batch failed with a reason a person can read."""
+def batch_fail(*, batch_id: int, reason: str) -> bool:
+    """Mark an unfinished batch failed with a reason a person can read; whether it was
+    unfinished."""
     with transaction.atomic():
-        Batch.objects.active().filter(pk=batch_id).update(
-            status=Batch.Status.FAILED, failure_reason=reason, finished_at=timezone.now()
+        failed = (
+            Batch.objects.active()
+            .filter(pk=batch_id)
+            .update(status=Batch.Status.FAILED, failure_reason=reason, finished_at=timezone.now())
         )
         _leases_clear(batch_id)
+    return bool(failed)
 
 
 def batch_cancel(*, batch_id: int) -> Batch:
@@ -67,13 +72,33 @@ def batch_reopen(*, batch_id: int, reopened_by: User | None = None) -> Batch:
         reopened = (
             Batch.objects.resumable()
             .filter(pk=batch_id)
-            .update(status=Batch.Status.PENDING, failure_reason="", finished_at=None)
+            .update(
+                status=Batch.Status.PENDING,
+                failure_reason="",
+                finished_at=None,
+                paused_for=_paused_for_until(timezone.now()),
+            )
         )
         if reopened:
             # Whoever held a chunk is gone or stopping: a run still alive checks its lease
             # under the chunk's lock before it writes, so it cannot double a chunk.
             _leases_clear(batch_id)
     return Batch.objects.get(pk=batch_id)
+
+
+def _paused_for_until(now: datetime) -> Case:
+    """The batch's paused time, with the pause from its end until `now` (a batch that never
+    started has no elapsed time to leave it out of)."""
+    pause = Value(now, output_field=models.DateTimeField()) - F("finished_at")
+    return Case(
+        When(
+            started_at__isnull=False,
+            finished_at__isnull=False,
+            then=F("paused_for") + pause,
+        ),
+        default=F("paused_for"),
+        output_field=models.DurationField(),
+    )
 
 
 def batch_release(*, batch_id: int, run_id: str) -> None:
