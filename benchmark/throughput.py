@@ -196,7 +196,11 @@ class Throughput:
         The series is repeated on emptied tables, and each position in it taken at its best,
         like every other figure: one batch's noise on a shared machine is as large as the effect.
         """
-        users, count, repeats = self.sizes.cli_users, self.sizes.growth_batches, self.sizes.repeats
+        users, count, repeats = (
+            self.sizes.cli_users,
+            self.sizes.growth_batches,
+            self.sizes.growth_repeats,
+        )
         series: list[list[BatchRun]] = [[] for _ in range(count)]
         with self.app.idle_workers(name=f"growth-{users}") as workers:
             for repeat in range(1, repeats + 1):
