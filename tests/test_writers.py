@@ -190,3 +190,18 @@ def test_a_file_made_with_smaller_pages_keeps_them_and_checkpoints_every_as_many
 
     assert pragmas["page_size"] == 4096
     assert pragmas["wal_autocheckpoint"] == settings.SQLITE_WAL_CHECKPOINT_BYTES // 4096
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's write-ahead log")
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_on_sqlite_leaves_its_rows_in_the_database_file_not_only_in_the_log() -> None:
+    batch = services.batch_create(requested_by=None, total=1_000, chunk_size=400)
+    services.batch_generate_users(batch_id=batch.pk)
+
+    # `immutable` reads the file alone, as if there were no write-ahead log beside it.
+    file_alone = f"file:{connection.settings_dict['NAME']}?mode=ro&immutable=1"
+    with closing(sqlite3.connect(file_alone, uri=True)) as database_file:
+        (in_the_file,) = database_file.execute(
+            f"SELECT count(*) FROM {User._meta.db_table} WHERE batch_id = ?", [batch.pk]
+        ).fetchone()
+    assert in_the_file == 1_000

@@ -29,7 +29,7 @@ from ..models import Batch, BatchChunk, LeaseHolder
 from .accounts import chunk_faker, user_rows_make, users_insert
 from .lifecycle import ProgressCallback, batch_release, batch_start
 from .retries import database_errors_retrying
-from .writers import UserRow, rows_made_ahead_help
+from .writers import UserRow, rows_made_ahead_help, written_out
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def batch_generate_users(
     rng = rng or random.Random(secrets.randbits(64))
     lease = Lease(run_id=run_id, holder=holder, holders_gone=holders_gone)
     with RowsAhead(in_thread=rows_made_ahead_help()) as ahead:
-        return _chunks_fill(
+        batch = _chunks_fill(
             batch_id=batch_id,
             lease=lease,
             on_progress=on_progress,
@@ -72,6 +72,9 @@ def batch_generate_users(
             rng=rng,
             ahead=ahead,
         )
+    # After the last commit: the person's wait is over, the next batch's has not begun.
+    written_out()
+    return batch
 
 
 def _chunks_fill(
