@@ -106,7 +106,8 @@ def batch_users_delete_enqueue(batch_id: int) -> str:
 def batch_of_stopped_run(job: Job) -> int | None:
     """The batch of a run job that was stopped (the dashboard's Stop, RQ's stop-job command),
     else None; QueueUnavailable when Redis cannot be reached."""
-    if job.func_name != BATCH_RUN or job.get_status() != JobStatus.STOPPED:
+    # The status first: it is one Redis read, the job's name needs its data read back.
+    if job.get_status() != JobStatus.STOPPED or job.func_name != BATCH_RUN:
         return None
     return int(job.args[0])
 

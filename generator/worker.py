@@ -149,11 +149,10 @@ class BatchWorker(HerokuWorker):
             batch_id = queueing.batch_of_stopped_run(job)
             if batch_id is not None and use_cases.batch_run_stopped(batch_id=batch_id):
                 self.log.warning("batch %s: its job %s was stopped, so is it", batch_id, job.id)
-        except StopRequested:
-            raise
-        except Exception:
-            # Whatever it is (Redis or the database unreachable, a job hash Redis lost), it
-            # must not stop the worker; the batch then goes on as if its run had died.
+        except Exception as error:
+            stop_requested_reraise(error)
+            # Whatever else it is (Redis or the database unreachable, a job hash Redis lost),
+            # it must not stop the worker; the batch then goes on as if its run had died.
             self.log.exception("job %s: could not tell whether it was stopped", job.id)
 
     def dequeue_job_and_maintain_ttl(
@@ -188,14 +187,15 @@ class BatchWorker(HerokuWorker):
         self.reconcile_due_at = time.monotonic() + conf.reconcile_interval_seconds()
         try:
             reconciled = use_cases.batches_reconcile()
-        except StopRequested:
-            raise
-        except RedisError:
+        except RedisError as error:
+            stop_requested_reraise(error)
             self.log.warning("batch reconcile (%s) skipped: Redis unreachable", occasion)
-        except DatabaseError:
+        except DatabaseError as error:
+            stop_requested_reraise(error)
             self.log.warning("batch reconcile (%s) skipped: database unreachable", occasion)
-        except Exception:
-            # Whatever it is, it must not stop the worker: the next reconcile tries again.
+        except Exception as error:
+            stop_requested_reraise(error)
+            # Whatever else it is, it must not stop the worker: the next reconcile tries again.
             self.log.exception("batch reconcile (%s) failed", occasion)
         else:
             if reconciled.enqueued:
@@ -208,3 +208,17 @@ class BatchWorker(HerokuWorker):
         finally:
             # The work horse is forked: it must not inherit this process's connections.
             connections.close_all()
+
+
+def stop_requested_reraise(error: BaseException) -> None:
+    """Raise StopRequested if `error` is one, or was caused by one.
+
+    RQ raises StopRequested from its SIGTERM handler, wherever the worker is at that instant,
+    and some of RQ's own code wraps it (a job's data read lazily turns it into a
+    DeserializationError): caught as an error, the worker would not stop.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, StopRequested):
+            raise StopRequested() from error
+        cause = cause.__cause__ or cause.__context__

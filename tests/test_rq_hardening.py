@@ -20,8 +20,10 @@ import pytest
 from django.conf import settings
 from django.test import Client
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.cron import CronScheduler
+from rq.exceptions import DeserializationError, StopRequested
 from rq.job import Callback, Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import DefaultSerializer, JSONSerializer, resolve_serializer
@@ -30,6 +32,7 @@ from rq.webhook import Webhook
 
 from generator import queueing, rq_guard, use_cases
 from generator.models import Batch, User
+from generator.worker import stop_requested_reraise
 
 from . import support
 from .conftest import BURST_WORKER, JSON_SERIALIZER, subprocess_env
@@ -370,3 +373,25 @@ def test_a_workers_page_runs_no_pickle_in_its_current_job(
     assert listing.status_code == 200
     assert response.status_code == 200
     assert job.id in response.content.decode()
+
+
+def wrapped_by_rq(cause: BaseException) -> BaseException:
+    """`cause` as RQ's Job wraps what interrupts its lazy read of a job's data."""
+    try:
+        try:
+            raise cause
+        except Exception as error:
+            raise DeserializationError() from error
+    except DeserializationError as wrapped:
+        return wrapped
+
+
+def test_a_stop_requested_while_rq_reads_a_job_still_stops_the_worker() -> None:
+    # RQ's SIGTERM handler raises StopRequested wherever the worker is, RQ's own code included.
+    with pytest.raises(StopRequested):
+        stop_requested_reraise(wrapped_by_rq(StopRequested()))
+    with pytest.raises(StopRequested):
+        stop_requested_reraise(StopRequested())
+    # Any other error is the caller's to log.
+    stop_requested_reraise(wrapped_by_rq(ValueError("bad data")))
+    stop_requested_reraise(RedisError("down"))
