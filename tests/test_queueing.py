@@ -54,6 +54,16 @@ def test_submit_enqueues_one_job_after_commit(queue):
     assert queue.job_ids == [batch.last_job_id]
 
 
+def test_enqueues_share_one_redis_connection_instead_of_opening_one_each(queue, redis_connection):
+    use_cases.batch_submit(requested_by=None, total=80)  # the process's first, if it is
+    opened = redis_connection.info("stats")["total_connections_received"]
+    for _ in range(3):
+        use_cases.batch_submit(requested_by=None, total=80)
+    # The tests' own connection asked INFO on one it already had.
+    assert redis_connection.info("stats")["total_connections_received"] == opened
+    assert queue.count == 4
+
+
 def test_reconcile_enqueues_a_batch_whose_enqueue_failed(queue, run_worker):
     with dead_redis():
         batch = use_cases.batch_submit(requested_by=None, total=90)
