@@ -2,12 +2,15 @@
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
+from threading import Thread
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.exceptions import StopRequested
@@ -128,6 +131,13 @@ class BatchWorker(HerokuWorker):
                 time.sleep(wait)
                 wait = min(wait * 2, MAX_REDIS_WAIT_SECONDS)
 
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        # In the work horse, just before the job: RQ's bookkeeping in Redis on a connection of
+        # the horse's own, and meanwhile the job's database connection (both mostly waiting
+        # on a server; measured on 2 cores, ~5 ms each, one after the other).
+        with database_connected_meanwhile():
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         # Set before the fork, so the work horse's beats name the job too.
         self.running_job_id = job.id
@@ -208,6 +218,28 @@ class BatchWorker(HerokuWorker):
         finally:
             # The work horse is forked: it must not inherit this process's connections.
             connections.close_all()
+
+
+@contextmanager
+def database_connected_meanwhile() -> Iterator[None]:
+    """Open the default database connection in a thread while the block runs."""
+    database = connections[DEFAULT_DB_ALIAS]
+    database.inc_thread_sharing()
+    thread = Thread(target=_connect_quietly, args=(database,), name="database-connect")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+        database.dec_thread_sharing()
+
+
+def _connect_quietly(database: BaseDatabaseWrapper) -> None:
+    try:
+        database.ensure_connection()
+    except Exception:
+        # The job's first query connects again, and fails where its run reports the error.
+        logger.warning("could not connect to the database ahead of the job", exc_info=True)
 
 
 def stop_requested_reraise(error: BaseException) -> None:

@@ -3,12 +3,16 @@
 import re
 
 import pytest
+from django.db import OperationalError, connection, connections
 from django.urls import reverse
 from redis import Redis
 from rq import Queue
 
 from generator import queueing, use_cases
 from generator.models import Batch, User
+from generator.worker import database_connected_meanwhile
+
+from .support import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,3 +117,34 @@ def test_a_batch_submitted_while_redis_is_down_is_kept_pending(settings, redis_c
     batch.refresh_from_db()
     assert batch.status == Batch.Status.PENDING
     assert not redis_connection.exists(f"rq:job:{queueing.batch_job_id(batch)}")
+
+
+def test_the_work_horse_is_connected_to_the_database_once_rq_has_prepared_its_job():
+    connections.close_all()
+    with database_connected_meanwhile():
+        pass  # where RQ writes the job's state to Redis
+    assert connection.connection is not None
+    with connection.cursor() as cursor:  # in this thread, where the job runs
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+
+
+def test_a_database_unreachable_ahead_of_the_job_is_logged_and_left_to_the_job(caplog, tmp_path):
+    connections.close_all()
+    unreachable = (
+        {"NAME": str(tmp_path / "missing" / "db.sqlite3")}
+        if connection.vendor == "sqlite"
+        else {"HOST": "127.0.0.1", "PORT": str(free_port())}
+    )
+    saved = {name: connection.settings_dict[name] for name in unreachable}
+    connection.settings_dict.update(unreachable)
+    try:
+        with database_connected_meanwhile():
+            pass
+        assert connection.connection is None
+        assert "could not connect to the database ahead of the job" in caplog.text
+        with pytest.raises(OperationalError):
+            connection.ensure_connection()  # the job's own first query reports it
+    finally:
+        connection.settings_dict.update(saved)
+        connections.close_all()
