@@ -3,12 +3,11 @@ Procfile's web process, `manage.py generate_users` typed at a shell, the Procfil
 started beforehand and waiting for work, as in production.
 
 Every app figure is end to end: from the moment the person acts (the POST is sent, the command
-is started) to the moment this process first sees the batch finished, which is once the last
-chunk's transaction has committed (the status is set in it), looked at every few milliseconds:
-what the person waits for, counted a little long, never short. The worker's own time
-(`started_at` to `finished_at`, which the worker stamps just before that last commit) is
-reported beside it. This process reads the scratch database
-only to see a batch end and check its outcome (N users made), never to drive the app.
+is started) to the moment this process learns that the batch's last chunk committed (ends.py
+says how): what the person waits for, counted a little long, never short. The worker's own
+time (`started_at` to `finished_at`, which the worker stamps just before that last commit) is
+reported beside it. This process reads the scratch database only to see a batch end and check
+its outcome (N users made), never to drive the app.
 """
 
 from __future__ import annotations
@@ -33,15 +32,9 @@ from generator.models import Batch, User
 
 from . import BenchmarkError
 from .browser import Browser
+from .ends import BatchEnds, BatchLate
 from .processes import PeakSampler, Processes
 from .scratch import ScratchRedis
-
-# How often this process looks whether a batch has ended: the end-to-end figure is the first
-# look that sees it, so it is at most this much too long. A big batch is looked at less often,
-# so that the looks take less of the CPU the worker and the database share with them.
-POLL_SECONDS_SMALL = 0.001
-POLL_SECONDS_BIG = 0.01
-SMALL_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -76,9 +69,10 @@ class Workers:
 class App:
     """The app's processes on the scratch storage, and one person logged in to its web pages."""
 
-    def __init__(self, *, processes: Processes, redis: ScratchRedis) -> None:
+    def __init__(self, *, processes: Processes, redis: ScratchRedis, ends: BatchEnds) -> None:
         self.processes = processes
         self.redis = redis
+        self.ends = ends
         self._web: subprocess.Popen[bytes] | None = None
         self._browser: Browser | None = None
 
@@ -223,22 +217,23 @@ class App:
 
         `acted` is when the person acted, by `time.perf_counter()`.
         """
-        poll = POLL_SECONDS_SMALL if total <= SMALL_BATCH else POLL_SECONDS_BIG
-        deadline = time.monotonic() + 120 + total / 1000
-        done = Batch.DONE_STATUSES
-        while not Batch.objects.filter(pk=batch_id, status__in=done).exists():
+
+        def workers_alive() -> None:
             for process in workers.processes:
                 if process.poll() is not None:
                     raise BenchmarkError(
                         f"A worker exited during batch {batch_id}: {self.processes.tail(process)}"
                     )
-            if time.monotonic() > deadline:
-                raise BenchmarkError(
-                    f"Batch {batch_id} did not finish in time: "
-                    f"{self.processes.tail(workers.processes[0])}"
-                )
-            time.sleep(poll)
-        seen_finished = time.perf_counter()
+
+        try:
+            seen_finished = self.ends.wait(
+                batch_id,
+                total=total,
+                deadline=time.monotonic() + 120 + total / 1000,
+                check=workers_alive,
+            )
+        except BatchLate as late:
+            raise BenchmarkError(f"{late} {self.processes.tail(workers.processes[0])}") from None
         batch = Batch.objects.get(pk=batch_id)
         if batch.status != Batch.Status.FINISHED or not (batch.started_at and batch.finished_at):
             raise BenchmarkError(

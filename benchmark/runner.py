@@ -22,6 +22,7 @@ from generator import conf
 
 from . import BenchmarkError
 from .app import App
+from .ends import batch_ends
 from .measurements import Bench, engine_version
 from .processes import Processes
 from .report import Report
@@ -48,8 +49,9 @@ def run(*, sizes: Sizes, quick: bool, redis_db: int, logs_dir: Path, log: Log) -
             )
             try:
                 collect_static(processes, log)
-                bench = Bench(sizes=sizes, app=App(processes=processes, redis=redis), log=log)
-                report.measurements = bench.measure_all()
+                with batch_ends() as ends:
+                    app = App(processes=processes, redis=redis, ends=ends)
+                    report.measurements = Bench(sizes=sizes, app=app, log=log).measure_all()
             finally:
                 processes.stop_all()
     finally:

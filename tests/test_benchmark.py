@@ -1,23 +1,27 @@
-"""The benchmark (python -m benchmark) in --quick mode: every figure measured, no scratch left."""
+"""The benchmark (python -m benchmark): every figure measured in --quick mode, no scratch left; how
+it sees a batch end."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from django.conf import settings
+from django.db import connection, transaction
 from redis import Redis
 
+from benchmark.ends import CHANNEL, BatchLate, NotifiedEnds, ends_notify_install
 from benchmark.scratch import bench_redis_url
+from generator.models import Batch
 
 from .support import subprocess_env
-
-pytestmark = pytest.mark.processes
 
 MEASUREMENTS = {
     "post_vs_tutorial",
@@ -82,6 +86,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     return json.loads(json_path.read_text()), result.stdout
 
 
+@pytest.mark.processes
 def test_quick_benchmark_reports_every_measurement_with_figures(quick_run):
     report, table = quick_run
     assert report["quick"] is True
@@ -136,6 +141,7 @@ def test_quick_benchmark_reports_every_measurement_with_figures(quick_run):
     assert "not enforced" in table
 
 
+@pytest.mark.processes
 def test_quick_benchmark_leaves_no_scratch_storage_behind(quick_run):
     report, _ = quick_run
     scratch = report["scratch"]
@@ -149,3 +155,38 @@ def test_quick_benchmark_leaves_no_scratch_storage_behind(quick_run):
     assert scratch["redis_db"] == 14
     redis = Redis.from_url(bench_redis_url(settings.TEST_REDIS_URL, scratch["redis_db"]))
     assert redis.dbsize() == 0
+
+
+@pytest.fixture
+def notified_ends() -> Iterator[NotifiedEnds]:
+    """The benchmark's PostgreSQL end watcher on the tests' database, its trigger dropped after."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL tells batch ends by NOTIFY; SQLite is looked at.")
+    ends_notify_install()
+    ends = NotifiedEnds()
+    try:
+        yield ends
+    finally:
+        ends.close()
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER {CHANNEL} ON {Batch._meta.db_table}")
+            cursor.execute(f"DROP FUNCTION {CHANNEL}()")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_end_is_seen_once_its_transaction_commits_not_before(notified_ends):
+    batch = Batch.objects.create(total=1, status=Batch.Status.RUNNING)
+    Batch.objects.filter(pk=batch.pk).update(created_count=1)  # not an end: nothing sent
+
+    def wait(seconds: float) -> float:
+        deadline = time.monotonic() + seconds
+        return notified_ends.wait(batch.pk, total=1, deadline=deadline, check=lambda: None)
+
+    with pytest.raises(BatchLate):
+        wait(0.3)
+    with transaction.atomic():
+        Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.FINISHED)
+        with pytest.raises(BatchLate):
+            wait(0.3)  # set, not committed
+        committing = time.perf_counter()
+    assert wait(10) >= committing
