@@ -193,13 +193,20 @@ def database_backup() -> Path:
 
 
 def batch_enqueue(batch_id: int, *, runs: int = 1) -> bool:
-    """Enqueue `runs` jobs for the batch, each counted on its row first; False (and logged)
-    when Redis cannot be reached."""
+    """Enqueue `runs` jobs for the batch, counted on its row first; False (and logged) when
+    Redis cannot be reached."""
+    return _jobs_enqueue(batch_id, _runs_record(batch_id, runs=runs))
+
+
+def _runs_record(batch_id: int, *, runs: int) -> list[str]:
+    return services.batch_record_enqueued(
+        batch_id=batch_id, job_id_for=partial(queueing.batch_run_job_id, batch_id), runs=runs
+    )
+
+
+def _jobs_enqueue(batch_id: int, job_ids: list[str]) -> bool:
     try:
-        for _ in range(runs):
-            job_id = services.batch_record_enqueued(
-                batch_id=batch_id, job_id_for=partial(queueing.batch_run_job_id, batch_id)
-            )
+        for job_id in job_ids:
             queueing.batch_run_enqueue(batch_id, job_id=job_id)
     except queueing.QueueUnavailable:
         # The batch stays pending; the reconciler enqueues it once Redis answers again.
@@ -264,4 +271,7 @@ def _at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], N
 
 
 def _runs_enqueue_on_commit(batch: Batch) -> None:
-    transaction.on_commit(partial(batch_enqueue, batch.pk, runs=reconciler.runs_wanted(batch)))
+    """Count the batch's runs in the caller's transaction (one commit less than on their own)
+    and enqueue them once it commits."""
+    job_ids = _runs_record(batch.pk, runs=reconciler.runs_wanted(batch))
+    transaction.on_commit(partial(_jobs_enqueue, batch.pk, job_ids))

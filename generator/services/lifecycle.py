@@ -108,15 +108,18 @@ def batch_release(*, batch_id: int, run_id: str) -> None:
     )
 
 
-def batch_record_enqueued(*, batch_id: int, job_id_for: Callable[[int], str]) -> str:
-    """Count one more run job for the batch and return its id, `job_id_for(its number)`."""
+def batch_record_enqueued(
+    *, batch_id: int, job_id_for: Callable[[int], str], runs: int = 1
+) -> list[str]:
+    """Count `runs` more run jobs for the batch and return their ids, `job_id_for(number)`."""
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch_id)
-        batch.jobs_enqueued += 1
+        numbers = range(batch.jobs_enqueued + 1, batch.jobs_enqueued + runs + 1)
+        batch.jobs_enqueued += runs
         batch.last_job_id = job_id_for(batch.jobs_enqueued)
         batch.last_enqueued_at = timezone.now()
         batch.save(update_fields=["jobs_enqueued", "last_job_id", "last_enqueued_at"])
-    return batch.last_job_id
+    return [job_id_for(number) for number in numbers]
 
 
 def batch_record_job(*, batch_id: int, job_id: str) -> None:
