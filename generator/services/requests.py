@@ -10,7 +10,7 @@ from typing import NotRequired, TypedDict, Unpack
 from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -44,7 +44,8 @@ def batch_create(
 ) -> Batch:
     """Record a pending batch and its chunks; a shared password is hashed here, once."""
     chunk_size = chunk_size or conf.chunk_size()
-    with transaction.atomic():
+    # Part of the caller's transaction, if any, whole: no savepoint (a round trip each way).
+    with transaction.atomic(savepoint=False):
         batch = Batch.objects.create(
             requested_by=requested_by,
             total=total,
@@ -67,7 +68,7 @@ def batch_request(*, requested_by: User, **options: Unpack[BatchOptions]) -> tup
     Returns the batch and whether it is new. Raises ValidationError when a limit is reached.
     """
     idempotency_key = options.get("idempotency_key")
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         requester_lock(requested_by)
         if idempotency_key is not None:
             existing = Batch.objects.filter(
@@ -85,9 +86,11 @@ def requester_lock(person: User) -> None:
     User.objects.select_for_update().filter(pk=person.pk).exists()
 
 
-def active_limit_check(*, requested_by: User) -> None:
-    """ValidationError when the person already has as many active batches as they may."""
-    active = Batch.objects.active().filter(requested_by=requested_by).count()
+def active_limit_check(*, requested_by: User, active: int | None = None) -> None:
+    """ValidationError when the person already has as many active batches as they may
+    (`active`, when the caller counted them)."""
+    if active is None:
+        active = Batch.objects.active().filter(requested_by=requested_by).count()
     if active >= conf.max_active_batches_per_user():
         raise ValidationError(
             f"You already have {active} batches waiting or running: "
@@ -97,10 +100,14 @@ def active_limit_check(*, requested_by: User) -> None:
 
 
 def _limits_check(*, requested_by: User, total: int) -> None:
-    active_limit_check(requested_by=requested_by)
-    mine = Batch.objects.filter(requested_by=requested_by)
     since = timezone.now() - timedelta(days=1)
-    asked_today = mine.filter(created_at__gte=since).aggregate(asked=Sum("total"))["asked"] or 0
+    # Both counts in one query.
+    mine = Batch.objects.filter(requested_by=requested_by).aggregate(
+        active=Count("pk", filter=Q(status__in=Batch.ACTIVE_STATUSES)),
+        asked_today=Sum("total", filter=Q(created_at__gte=since)),
+    )
+    active_limit_check(requested_by=requested_by, active=mine["active"])
+    asked_today = mine["asked_today"] or 0
     left = max(conf.max_users_per_day() - asked_today, 0)
     if total > left:
         raise ValidationError(
