@@ -259,12 +259,15 @@ def chunk_fill(
     holds it and the batch still runs; whether it did."""
     ahead = ahead or RowsAhead(in_thread=False)
     with transaction.atomic():
-        chunk = BatchChunk.objects.select_for_update().get(pk=chunk_id)
+        # The chunk locked, its batch read with it (not locked: other runs' chunks go on).
+        chunk = (
+            BatchChunk.objects.select_for_update(of=("self",))
+            .select_related("batch")
+            .get(pk=chunk_id)
+        )
         if chunk.done or chunk.lease_owner != run_id:
             return False  # another run took it over after our lease ran out
-        batch = Batch.objects.only(
-            "status", "total", "password_hash", "realistic_names", "seed"
-        ).get(pk=chunk.batch_id)
+        batch = chunk.batch
         if batch.status != Batch.Status.RUNNING:
             return False  # cancelled or failed meanwhile: stop between chunks
         rows = ahead.take(
