@@ -32,6 +32,7 @@ class GeneratorSettings:
     worker_heartbeat_seconds: int
     fanout_threshold: int
     fanout_jobs: int
+    in_worker_max_total: int
     reconcile_grace_seconds: int
     reconcile_interval_seconds: int
     database_wait_seconds: int
@@ -56,6 +57,7 @@ class GeneratorSettings:
             worker_heartbeat_seconds=_setting("GENERATOR_WORKER_HEARTBEAT_SECONDS", int),
             fanout_threshold=_setting("GENERATOR_FANOUT_THRESHOLD", int),
             fanout_jobs=_setting("GENERATOR_FANOUT_JOBS", int),
+            in_worker_max_total=_setting("GENERATOR_IN_WORKER_MAX_TOTAL", int),
             reconcile_grace_seconds=_setting("GENERATOR_RECONCILE_GRACE_SECONDS", int),
             reconcile_interval_seconds=_setting("GENERATOR_RECONCILE_INTERVAL_SECONDS", int),
             database_wait_seconds=_setting("GENERATOR_DATABASE_WAIT_SECONDS", int),
@@ -151,6 +153,10 @@ def fanout_threshold() -> int:
 
 def fanout_jobs() -> int:
     return current().fanout_jobs
+
+
+def in_worker_max_total() -> int:
+    return current().in_worker_max_total
 
 
 def reconcile_grace_seconds() -> int:

@@ -28,6 +28,8 @@ def batch_run(batch_id: int) -> dict[str, Any]:
     run_id = f"{job.id if job else 'run'}:{uuid.uuid4().hex[:8]}"
     # The work horse outlives a worker killed with SIGKILL (it has a process group of its
     # own), but that worker's leases are void and taken over: the run must stop, not race.
+    # (A small batch's run is made in the worker itself: its parent is then the worker's,
+    # which changes only if that dies, and the run hands its chunks back: no harm.)
     worker_pid = os.getppid()
 
     def report(batch: Batch) -> None:

@@ -34,6 +34,8 @@ from .models import Batch, LeaseHolder
 
 BATCH_RUN = "generator.jobs.batch_run"
 BATCH_USERS_DELETE = "generator.jobs.batch_users_delete"
+# In a run job's meta: run it in the worker's own process, without a work horse.
+RUNS_IN_WORKER = "runs_in_worker"
 WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 # What RQ and Redis raise, under names the callers can catch without knowing either.
@@ -100,15 +102,23 @@ def batch_users_delete_job_id(batch_id: int) -> str:
     return f"batch-{batch_id}-delete"
 
 
-def batch_run_enqueue(batch_id: int, *, job_id: str) -> None:
-    """Enqueue one run of the batch; QueueUnavailable when Redis cannot be reached."""
+def batch_run_enqueue(batch_id: int, *, job_id: str, in_worker: bool = False) -> None:
+    """Enqueue one run of the batch (`in_worker`: to run in the worker's own process, without
+    a work horse); QueueUnavailable when Redis cannot be reached."""
     batch_queue().enqueue(
         BATCH_RUN,
         batch_id,
         job_id=job_id,
         job_timeout=conf.job_timeout(),
         description=f"Generate the users of batch #{batch_id}",
+        meta={RUNS_IN_WORKER: True} if in_worker else None,
     )
+
+
+def job_runs_in_worker(job: Job) -> bool:
+    """Whether the job is to run in the worker's own process (a planted flag only moves one
+    of the app's own runs out of its work horse)."""
+    return job.func_name == BATCH_RUN and job.meta.get(RUNS_IN_WORKER) is True
 
 
 def batch_users_delete_enqueue(batch_id: int) -> str:

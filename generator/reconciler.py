@@ -91,6 +91,12 @@ def runs_wanted(batch: Batch) -> int:
     return max(1, min(conf.fanout_jobs(), batch.chunks.count()))
 
 
+def runs_in_worker(batch: Batch) -> bool:
+    """Whether the batch is small enough for its first runs to be made in the worker's own
+    process, without a forked work horse (GENERATOR_IN_WORKER_MAX_TOTAL says why)."""
+    return batch.total <= conf.in_worker_max_total()
+
+
 def _run_job_ids(batch: Batch) -> list[str]:
     first = max(1, batch.jobs_enqueued - RUN_JOBS_LOOKED_AT + 1)
     return [

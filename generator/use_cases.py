@@ -204,10 +204,10 @@ def _runs_record(batch_id: int, *, runs: int) -> list[str]:
     )
 
 
-def _jobs_enqueue(batch_id: int, job_ids: list[str]) -> bool:
+def _jobs_enqueue(batch_id: int, job_ids: list[str], *, in_worker: bool = False) -> bool:
     try:
         for job_id in job_ids:
-            queueing.batch_run_enqueue(batch_id, job_id=job_id)
+            queueing.batch_run_enqueue(batch_id, job_id=job_id, in_worker=in_worker)
     except queueing.QueueUnavailable:
         # The batch stays pending; the reconciler enqueues it once Redis answers again.
         logger.warning("batch %s: Redis unreachable, left pending", batch_id, exc_info=True)
@@ -271,7 +271,9 @@ def _at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], N
 
 
 def _runs_enqueue_on_commit(batch: Batch) -> None:
-    """Count the batch's runs in the caller's transaction (one commit less than on their own)
-    and enqueue them once it commits."""
+    """Count the batch's first runs in the caller's transaction (one commit less than on their
+    own) and enqueue them once it commits; a small batch's to run in the worker itself (runs
+    queued again later, by the reconciler or a hand-over, get a work horse)."""
     job_ids = _runs_record(batch.pk, runs=reconciler.runs_wanted(batch))
-    transaction.on_commit(partial(_jobs_enqueue, batch.pk, job_ids))
+    in_worker = reconciler.runs_in_worker(batch)
+    transaction.on_commit(partial(_jobs_enqueue, batch.pk, job_ids, in_worker=in_worker))

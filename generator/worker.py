@@ -1,6 +1,7 @@
 """The worker class the Procfile runs."""
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,8 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import DefaultSerializer
-from rq.worker import HerokuWorker
+from rq.worker import HerokuWorker, WorkerStatus
+from rq.worker.base import SHUTDOWN_SIGNAL
 
 from . import conf, queueing, use_cases
 
@@ -38,7 +40,8 @@ class BatchWorker(HerokuWorker):
     GENERATOR_WORKER_HEARTBEAT_SECONDS, naming the job it runs, so other workers can judge the
     chunk leases it holds. It runs only the app's own jobs (generator.rq_guard, installed when
     Django starts) and refuses to start with pickle, which runs whatever code a job planted
-    in Redis carries.
+    in Redis carries. A small batch's first run is made in the worker's own process (see
+    execute_job_in_worker), any other job in a forked work horse, as RQ does.
     """
 
     # RQ's own wait for Redis, while it waits for a job, grows to a minute between tries.
@@ -139,10 +142,13 @@ class BatchWorker(HerokuWorker):
             super().prepare_job_execution(job, remove_from_intermediate_queue)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        # Set before the fork, so the work horse's beats name the job too.
+        # Set before the fork (if any), so the work horse's beats name the job too.
         self.running_job_id = job.id
         try:
-            super().execute_job(job, queue)
+            if queueing.job_runs_in_worker(job):
+                self.execute_job_in_worker(job, queue)
+            else:
+                super().execute_job(job, queue)
             # While the beats still name the job: until then its leases stand, and no
             # reconcile takes the batch for abandoned.
             self.stopped_run_settle(job)
@@ -151,6 +157,21 @@ class BatchWorker(HerokuWorker):
             self.heartbeat()  # at once: the job's leases are void from now on
         # A work horse that died (the OOM killer) left its batch to be taken over now.
         self.reconcile("job end")
+
+    def execute_job_in_worker(self, job: Job, queue: Queue) -> None:
+        """Run the job in this process, as RQ's SimpleWorker does, without a work horse: a
+        small batch's run (GENERATOR_IN_WORKER_MAX_TOTAL). RQ's stop-job command finds no
+        horse to kill, and the run, a fraction of a second, goes on."""
+        self.log.info("job %s: made in the worker's own process", job.id)
+        self.prepare_execution(job)
+        self.perform_job(job, queue)
+        self.set_state(WorkerStatus.IDLE)
+
+    def kill_horse(self, sig: signal.Signals = SHUTDOWN_SIGNAL) -> None:
+        # RQ's would signal this process's own group when no work horse runs (a job run in
+        # the worker): the Procfile's other processes may be in it.
+        if self.horse_pid:
+            super().kill_horse(sig)
 
     def stopped_run_settle(self, job: Job) -> None:
         """A run a person stopped (the dashboard's Stop) stops its batch, before the reconcile

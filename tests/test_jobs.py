@@ -1,8 +1,11 @@
 """The real queue path: commit, enqueue on the real Redis, a real burst worker, the database."""
 
 import re
+import subprocess
+import sys
 
 import pytest
+from django.conf import settings
 from django.db import OperationalError, connection, connections
 from django.urls import reverse
 from redis import Redis
@@ -12,7 +15,7 @@ from generator import queueing, use_cases
 from generator.models import Batch, User
 from generator.worker import database_connected_meanwhile
 
-from .support import free_port
+from .support import burst_worker, free_port, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,7 +67,7 @@ def test_form_post_to_finished_batch_through_a_real_worker(generator_client, que
     job = queue.fetch_job(queueing.batch_job_id(batch))
     assert job.get_status() == "finished"
     assert job.return_value() == {"batch_id": batch.pk, "status": "finished", "created": 137}
-    assert job.meta == {"created": 137, "total": 137}
+    assert job.meta == {"runs_in_worker": True, "created": 137, "total": 137}
 
     status = generator_client.get(reverse("generator:api_batch_detail", args=[batch.pk])).json()
     assert status["status"] == "finished"
@@ -148,3 +151,51 @@ def test_a_database_unreachable_ahead_of_the_job_is_logged_and_left_to_the_job(c
     finally:
         connection.settings_dict.update(saved)
         connections.close_all()
+
+
+@pytest.mark.processes
+def test_the_procfile_worker_makes_a_small_batch_in_its_own_process(queue, settings):
+    settings.GENERATOR_IN_WORKER_MAX_TOTAL = 300
+    small = use_cases.batch_submit(requested_by=None, total=300)
+    big = use_cases.batch_submit(requested_by=None, total=301)
+    assert queueing.job_runs_in_worker(queue.fetch_job(queueing.batch_job_id(small)))
+    assert not queueing.job_runs_in_worker(queue.fetch_job(queueing.batch_job_id(big)))
+
+    worker = burst_worker()
+
+    assert worker.returncode == 0, worker.stderr
+    log = worker.stdout + worker.stderr
+    made_in_worker = re.findall(r"job (\S+): made in the worker's own process", log)
+    assert made_in_worker == [queueing.batch_job_id(small)]
+    for batch in (small, big):
+        batch.refresh_from_db()
+        assert batch.status == Batch.Status.FINISHED
+        assert User.objects.filter(batch=batch).count() == batch.total
+
+
+@pytest.mark.processes
+def test_a_stop_command_with_no_work_horse_running_kills_nothing():
+    # RQ's stop-job command kills the work horse's process group; with none, RQ's own code
+    # would take the worker's group (this process, in a session of its own) for it.
+    script = (
+        "import django; django.setup()\n"
+        "import django_rq\n"
+        "from rq.serializers import JSONSerializer\n"
+        "from generator.worker import BatchWorker\n"
+        "worker = BatchWorker(['default'], connection=django_rq.get_connection('default'),"
+        " serializer=JSONSerializer)\n"
+        "worker.kill_horse()\n"
+        "print('still alive')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=settings.BASE_DIR,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+        check=False,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout == "still alive\n"

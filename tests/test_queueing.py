@@ -78,10 +78,14 @@ def test_reconcile_enqueues_a_batch_whose_enqueue_failed(queue, run_worker):
 
 def test_reconcile_enqueues_a_batch_whose_job_redis_lost(queue, redis_connection, run_worker):
     batch = use_cases.batch_submit(requested_by=None, total=70)
+    assert queueing.job_runs_in_worker(queue.fetch_job(queueing.batch_job_id(batch)))
     redis_connection.flushdb()  # as a restart without persistence does
     quiet(batch)
 
     assert use_cases.batches_reconcile().enqueued == [batch.pk]
+    batch.refresh_from_db()
+    # A run queued again, after a fault, gets a work horse: isolated, and stoppable.
+    assert not queueing.job_runs_in_worker(queue.fetch_job(queueing.batch_job_id(batch)))
     run_worker()
     assert User.objects.filter(batch=batch).count() == 70
 

@@ -34,6 +34,7 @@ DEFAULTS = {
     "worker_heartbeat_seconds": 2,
     "fanout_threshold": 100_000,
     "fanout_jobs": 4,
+    "in_worker_max_total": 5_000,
     "reconcile_grace_seconds": 2,
     "reconcile_interval_seconds": 30,
     "database_wait_seconds": 300,
@@ -97,6 +98,11 @@ BAD_VALUES = [
         "GENERATOR_FANOUT_THRESHOLD must be a whole number, not 'lots'.",
     ),
     ("GENERATOR_FANOUT_JOBS", "0", "GENERATOR_FANOUT_JOBS must be at least 1, not 0."),
+    (
+        "GENERATOR_IN_WORKER_MAX_TOTAL",
+        "-1",
+        "GENERATOR_IN_WORKER_MAX_TOTAL must be at least 0, not -1.",
+    ),
     (
         "GENERATOR_MAX_ACTIVE_BATCHES_PER_USER",
         "0",
