@@ -92,7 +92,7 @@ def runs_wanted(batch: Batch) -> int:
 
 
 def runs_in_worker(batch: Batch) -> bool:
-    """Whether the batch is small enough for its first runs to be made in the worker's own
+    """Whether a new batch is small enough for its first runs to be made in the worker's own
     process, without a forked work horse (GENERATOR_IN_WORKER_MAX_TOTAL says why)."""
     return batch.total <= conf.in_worker_max_total()
 

@@ -54,7 +54,7 @@ def batch_submit(
         else:
             batch, created = services.batch_request(requested_by=requested_by, **options)
         if created:
-            _runs_enqueue_on_commit(batch)
+            _runs_enqueue_on_commit(batch, in_worker=reconciler.runs_in_worker(batch))
     return batch
 
 
@@ -71,7 +71,8 @@ def batch_resume(*, batch_id: int, resumed_by: User | None = None) -> Batch:
     with transaction.atomic():
         batch = services.batch_reopen(batch_id=batch_id, reopened_by=resumed_by)
         if batch.status == Batch.Status.PENDING:
-            _runs_enqueue_on_commit(batch)
+            # A work horse: a run someone stopped from the dashboard can be stopped again.
+            _runs_enqueue_on_commit(batch, in_worker=False)
     return batch
 
 
@@ -270,10 +271,8 @@ def _at_most_every(seconds: float, action: Callable[[], None]) -> Callable[[], N
     return maybe
 
 
-def _runs_enqueue_on_commit(batch: Batch) -> None:
-    """Count the batch's first runs in the caller's transaction (one commit less than on their
-    own) and enqueue them once it commits; a small batch's to run in the worker itself (runs
-    queued again later, by the reconciler or a hand-over, get a work horse)."""
+def _runs_enqueue_on_commit(batch: Batch, *, in_worker: bool) -> None:
+    """Count the batch's runs in the caller's transaction (one commit less than on their own)
+    and enqueue them once it commits (`in_worker`: to be made in the worker's own process)."""
     job_ids = _runs_record(batch.pk, runs=reconciler.runs_wanted(batch))
-    in_worker = reconciler.runs_in_worker(batch)
     transaction.on_commit(partial(_jobs_enqueue, batch.pk, job_ids, in_worker=in_worker))

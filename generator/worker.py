@@ -1,12 +1,14 @@
 """The worker class the Procfile runs."""
 
+import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from threading import Thread
+from threading import Event, Thread
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -145,7 +147,7 @@ class BatchWorker(HerokuWorker):
         # Set before the fork (if any), so the work horse's beats name the job too.
         self.running_job_id = job.id
         try:
-            if queueing.job_runs_in_worker(job):
+            if self.runs_in_worker(job):
                 self.execute_job_in_worker(job, queue)
             else:
                 super().execute_job(job, queue)
@@ -158,20 +160,60 @@ class BatchWorker(HerokuWorker):
         # A work horse that died (the OOM killer) left its batch to be taken over now.
         self.reconcile("job end")
 
+    def runs_in_worker(self, job: Job) -> bool:
+        try:
+            return queueing.job_runs_in_worker(job)
+        except Exception as error:
+            stop_requested_reraise(error)
+            # Data RQ cannot decode (planted, or pickled): a work horse decodes it again and
+            # fails the job, as it does any other's, instead of the worker stopping.
+            self.log.warning("job %s: unreadable, left to a work horse", job.id, exc_info=True)
+            return False
+
     def execute_job_in_worker(self, job: Job, queue: Queue) -> None:
         """Run the job in this process, as RQ's SimpleWorker does, without a work horse: a
         small batch's run (GENERATOR_IN_WORKER_MAX_TOTAL). RQ's stop-job command finds no
         horse to kill, and the run, a fraction of a second, goes on."""
         self.log.info("job %s: made in the worker's own process", job.id)
         self.prepare_execution(job)
-        self.perform_job(job, queue)
+        with self.beating():
+            self.perform_job(job, queue)
         self.set_state(WorkerStatus.IDLE)
+
+    @contextmanager
+    def beating(self) -> Iterator[None]:
+        """Beat every GENERATOR_WORKER_HEARTBEAT_SECONDS while the block runs, as the worker
+        does while it waits for a work horse: the run's leases stand only while it beats."""
+        done = Event()
+
+        def beat() -> None:
+            while not done.wait(self.job_monitoring_interval):
+                try:
+                    self.heartbeat()
+                except Exception:
+                    self.log.exception("heartbeat failed")
+
+        beater = Thread(target=beat, name="heartbeat", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beater.join()
 
     def kill_horse(self, sig: signal.Signals = SHUTDOWN_SIGNAL) -> None:
         # RQ's would signal this process's own group when no work horse runs (a job run in
-        # the worker): the Procfile's other processes may be in it.
-        if self.horse_pid:
-            super().kill_horse(sig)
+        # the worker), and the Procfile's other processes may be in it. The stop-job command
+        # calls this from RQ's pubsub thread: the horse's pid is read once.
+        horse_pid = self.horse_pid
+        if not horse_pid:
+            self.log.info("no work horse to kill: the job runs in the worker, and goes on")
+            return
+        try:
+            os.killpg(os.getpgid(horse_pid), sig)
+        except ProcessLookupError:
+            return  # the horse ended meanwhile
+        self.log.info("killed work horse %s", horse_pid)
 
     def stopped_run_settle(self, job: Job) -> None:
         """A run a person stopped (the dashboard's Stop) stops its batch, before the reconcile
@@ -246,7 +288,7 @@ def database_connected_meanwhile() -> Iterator[None]:
     """Open the default database connection in a thread while the block runs."""
     database = connections[DEFAULT_DB_ALIAS]
     database.inc_thread_sharing()
-    thread = Thread(target=_connect_quietly, args=(database,), name="database-connect")
+    thread = Thread(target=_connect_quietly, args=(database,), name="database-connect", daemon=True)
     thread.start()
     try:
         yield
@@ -261,6 +303,8 @@ def _connect_quietly(database: BaseDatabaseWrapper) -> None:
     except Exception:
         # The job's first query connects again, and fails where its run reports the error.
         logger.warning("could not connect to the database ahead of the job", exc_info=True)
+        with contextlib.suppress(Exception):
+            database.close()  # not a half-made one (its set-up failed after the connect)
 
 
 def stop_requested_reraise(error: BaseException) -> None:

@@ -77,25 +77,28 @@ def test_a_rediss_url_can_require_a_proper_certificate():
     assert seen["cert_reqs"] == "required"
 
 
-@pytest.fixture
-def redis_behind_a_sentinel(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server and a sentinel watching it; the sentinel REDIS_URL for both."""
+@pytest.fixture(params=["", "s3ntinel-pass"], ids=["open", "with a password"])
+def redis_behind_a_sentinel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A private redis-server and a sentinel watching it, both behind the password if any;
+    the sentinel REDIS_URL for both."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is needed to run a sentinel (scripts/test installs it)")
+    password = request.param
     redis_port, sentinel_port = free_port(), free_port()
     config = tmp_path / "sentinel.conf"
     config.write_text(
         f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor generator 127.0.0.1 {redis_port} 1\n"
+        + (f"requirepass {password}\nsentinel auth-pass generator {password}\n" if password else "")
     )
+    server = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
     processes = [
         subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
+            server + (["--requirepass", password] if password else []), stdout=subprocess.DEVNULL
         ),
         subprocess.Popen(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL),
     ]
-    sentinel = Redis(port=sentinel_port)
+    sentinel = Redis(port=sentinel_port, password=password or None)
 
     def watching() -> bool:
         try:
@@ -107,7 +110,8 @@ def redis_behind_a_sentinel(tmp_path: Path) -> Iterator[str]:
 
     try:
         wait_for(watching, "the sentinel watches the redis-server", 20)
-        yield f"redis-sentinel://127.0.0.1:{sentinel_port}/generator/3"
+        credentials = f":{password}@" if password else ""
+        yield f"redis-sentinel://{credentials}127.0.0.1:{sentinel_port}/generator/3"
     finally:
         for process in processes:
             process.kill()

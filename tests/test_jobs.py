@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from django.conf import settings
@@ -10,12 +11,13 @@ from django.db import OperationalError, connection, connections
 from django.urls import reverse
 from redis import Redis
 from rq import Queue
+from rq.serializers import JSONSerializer
 
 from generator import queueing, use_cases
 from generator.models import Batch, User
-from generator.worker import database_connected_meanwhile
+from generator.worker import BatchWorker, database_connected_meanwhile
 
-from .support import burst_worker, free_port, subprocess_env
+from .support import burst_worker, free_port, subprocess_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -199,3 +201,23 @@ def test_a_stop_command_with_no_work_horse_running_kills_nothing():
     )
     assert result.returncode == 0, (result.returncode, result.stderr)
     assert result.stdout == "still alive\n"
+
+
+@pytest.mark.usefixtures("queue")
+def test_a_worker_beats_while_it_makes_a_run_itself(redis_connection):
+    worker = BatchWorker(
+        ["default"],
+        connection=redis_connection,
+        serializer=JSONSerializer,
+        job_monitoring_interval=0.05,
+    )
+    beat_key = queueing.WORKER_BEAT_KEY.format(worker.name)
+    assert not redis_connection.exists(beat_key)
+    with worker.beating():
+        # What a run needs to keep its leases: beats, again and again.
+        wait_for(lambda: redis_connection.exists(beat_key), "a beat", 5)
+        redis_connection.delete(beat_key)
+        wait_for(lambda: redis_connection.exists(beat_key), "another beat", 5)
+    redis_connection.delete(beat_key)
+    time.sleep(0.2)
+    assert not redis_connection.exists(beat_key), "it beats after the run"

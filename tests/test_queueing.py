@@ -64,6 +64,18 @@ def test_enqueues_share_one_redis_connection_instead_of_opening_one_each(queue, 
     assert queue.count == 4
 
 
+def test_a_resumed_small_batch_gets_a_work_horse_so_it_can_be_stopped_again(queue):
+    batch = use_cases.batch_submit(requested_by=None, total=80)
+    assert queueing.job_runs_in_worker(queue.fetch_job(queueing.batch_job_id(batch)))
+    services.batch_fail(batch_id=batch.pk, reason="stopped from the dashboard")
+
+    use_cases.batch_resume(batch_id=batch.pk)
+
+    batch.refresh_from_db()
+    assert batch.last_job_id == f"batch-{batch.pk}-2"
+    assert not queueing.job_runs_in_worker(queue.fetch_job(batch.last_job_id))
+
+
 def test_reconcile_enqueues_a_batch_whose_enqueue_failed(queue, run_worker):
     with dead_redis():
         batch = use_cases.batch_submit(requested_by=None, total=90)

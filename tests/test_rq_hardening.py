@@ -202,6 +202,32 @@ def test_the_worker_runs_the_apps_jobs_beside_a_refused_one(queue: Queue, tmp_pa
     assert queue.fetch_job(reconcile.id).get_status() == JobStatus.FINISHED
 
 
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("field", "planted"),
+    [("meta", b"[]"), ("data", b"not json at all")],
+    ids=["meta not an object", "data not json"],
+)
+def test_a_run_flagged_for_the_worker_with_unreadable_data_fails_alone(
+    queue: Queue, redis_connection: Redis, field: str, planted: bytes
+):
+    # The flag that makes a run in the worker's own process is read in the worker itself:
+    # whatever is planted beside it must not stop the worker.
+    flagged = use_cases.batch_submit(requested_by=None, total=60, enforce_limits=False)
+    job_id = queueing.batch_job_id(flagged)
+    redis_connection.hset(Job.key_for(job_id), field, planted)
+    batch = use_cases.batch_submit(requested_by=None, total=120, enforce_limits=False)
+
+    worker = burst_worker()
+
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    assert job_id in FailedJobRegistry(queue=queue)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.FINISHED
+    assert User.objects.filter(batch=batch).count() == 120
+
+
 def test_every_job_the_app_enqueues_or_schedules_is_allowed(redis_connection: Redis):
     scheduler = CronScheduler(connection=redis_connection)
     scheduler.load_config_from_file("generator.cron")

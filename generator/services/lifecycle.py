@@ -112,7 +112,7 @@ def batch_record_enqueued(
     *, batch_id: int, job_id_for: Callable[[int], str], runs: int = 1
 ) -> list[str]:
     """Count `runs` more run jobs for the batch and return their ids, `job_id_for(number)`."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # the caller's transaction, if any, whole
         batch = Batch.objects.select_for_update().get(pk=batch_id)
         numbers = range(batch.jobs_enqueued + 1, batch.jobs_enqueued + runs + 1)
         batch.jobs_enqueued += runs
