@@ -78,7 +78,7 @@ class NotifiedEnds(BatchEnds):
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._listen, name="batch-ends", daemon=True)
         self._thread.start()
-        if not self._listening.wait(timeout=30):
+        if not self._listening.wait(timeout=30) or self._error is not None:
             raise BenchmarkError(f"Could not listen for batch ends: {self._error}")
 
     def _listen(self) -> None:
@@ -97,6 +97,7 @@ class NotifiedEnds(BatchEnds):
                         self._arrived.notify_all()
         except BaseException as error:
             self._error = error
+            self._listening.set()  # what failed is told at once, not after the wait
             with self._arrived:
                 self._arrived.notify_all()
         finally:

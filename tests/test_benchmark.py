@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from redis import Redis
 
-from benchmark.ends import CHANNEL, BatchLate, NotifiedEnds, ends_notify_install
+from benchmark.ends import CHANNEL, BatchLate, NotifiedEnds, batch_ends
 from benchmark.scratch import bench_redis_url
 from generator.models import Batch
 
@@ -162,12 +162,11 @@ def notified_ends() -> Iterator[NotifiedEnds]:
     """The benchmark's PostgreSQL end watcher on the tests' database, its trigger dropped after."""
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL tells batch ends by NOTIFY; SQLite is looked at.")
-    ends_notify_install()
-    ends = NotifiedEnds()
     try:
-        yield ends
+        with batch_ends() as ends:
+            assert isinstance(ends, NotifiedEnds)
+            yield ends
     finally:
-        ends.close()
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TRIGGER {CHANNEL} ON {Batch._meta.db_table}")
             cursor.execute(f"DROP FUNCTION {CHANNEL}()")
