@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.management.color import no_style
-from django.db import connection
+from django.db import OperationalError, connection
 from django_rq.connection_utils import get_redis_connection
 from redis import Redis
 
@@ -31,6 +32,9 @@ LOCK_KEY = "generator:benchmark:lock"
 LOCK_TTL_SECONDS = 6 * 60 * 60
 
 Log = Callable[[str], None]
+# PostgreSQL's deadlock_detected, and how often emptying the tables is tried when it is.
+DEADLOCK_DETECTED = "40P01"
+RESET_ATTEMPTS = 5
 
 
 def scratch_database_name() -> str:
@@ -83,8 +87,19 @@ def app_tables_reset() -> None:
     # PostgreSQL: TRUNCATE ... CASCADE. SQLite: DELETE FROM each table, which SQLite empties
     # in one go when no foreign key is checked (else it deletes row by row).
     statements = connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
-    with connection.constraint_checks_disabled():
-        connection.ops.execute_sql_flush(statements)
+    for attempt in range(1, RESET_ATTEMPTS + 1):
+        try:
+            with connection.constraint_checks_disabled():
+                connection.ops.execute_sql_flush(statements)
+            break
+        except OperationalError as error:
+            # The idle worker's reconcile after its job (its reads lock the tables in another
+            # order) can meet the TRUNCATE: PostgreSQL undoes one of the two, and either
+            # tries again.
+            deadlock = getattr(error.__cause__, "sqlstate", None) == DEADLOCK_DETECTED
+            if not deadlock or attempt == RESET_ATTEMPTS:
+                raise
+            time.sleep(0.1 * attempt)
     if connection.vendor == "sqlite":
         # The emptied pages would stay in the file, scattered, for the next rows to reuse: a
         # fresh install has none (TRUNCATE gives PostgreSQL fresh files). Quick once empty.
