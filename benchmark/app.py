@@ -135,6 +135,7 @@ class App:
     def form_batch(self, total: int, *, workers: Workers) -> BatchRun:
         """A form POST of `total` users to idle workers, to its last row committed."""
         fields = self.generate_form(total)  # the page the person looks at first: not timed
+        self.processes.wait_for_idle_workers(workers.processes, self.redis.connection)
         batch_id, sent, post_seconds = self.post_generate(fields)
         return self.batch_run(
             batch_id, total, acted=sent, request_seconds=post_seconds, workers=workers

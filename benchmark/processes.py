@@ -119,7 +119,11 @@ class Processes:
                 if process.poll() is not None:
                     raise BenchmarkError(f"A worker exited at start: {self.tail(process)}")
             workers = Worker.all(connection=redis)
-            if len(workers) >= len(processes) and all(w.get_state() == "idle" for w in workers):
+            if (
+                len(workers) >= len(processes)
+                and all(w.get_state() == "idle" for w in workers)
+                and blocked_on_queues(redis) >= len(processes)
+            ):
                 return
             time.sleep(0.05)
         raise BenchmarkError(
@@ -180,6 +184,24 @@ class PeakSampler(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
         self.join()
+
+
+def blocked_on_queues(redis: Redis) -> int:
+    """How many clients of the run's Redis DB wait in a blocking pop, as an idle worker does.
+
+    RQ says "idle" already when a job ends, before the worker's own work after it (its
+    reconcile, a few database queries): a POST sent then would wait for that, not for the
+    worker's wake.
+    """
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+    return sum(
+        1
+        for client in redis.client_list()
+        if client.get("cmd") in BLOCKING_POPS and int(client.get("db", -1)) == db
+    )
+
+
+BLOCKING_POPS = {"blpop", "blmove", "brpoplpush", "bzpopmin"}
 
 
 def children_of(pid: int) -> list[int]:
