@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -171,6 +171,10 @@ class App:
         finally:
             for sampler in workers.samplers:
                 sampler.stop()
+            # Stopped once back on the queue: a batch's end is seen at its commit, and a fanned
+            # out batch's other jobs (empty by then) may still be starting.
+            with suppress(BenchmarkError):
+                self.processes.wait_for_idle_workers(started, self.redis.connection)
             for process in started:
                 self.processes.stop(process)
         workers.peak_rss_kib = max(

@@ -202,18 +202,23 @@ class BatchWorker(HerokuWorker):
             beater.join()
 
     def kill_horse(self, sig: signal.Signals = SHUTDOWN_SIGNAL) -> None:
-        # RQ's would signal this process's own group when no work horse runs (a job run in
-        # the worker), and the Procfile's other processes may be in it. The stop-job command
-        # calls this from RQ's pubsub thread: the horse's pid is read once.
+        # RQ's signals the group of whatever process id it holds: with none (a job run in the
+        # worker) that is this process's own group, where the Procfile's other processes may
+        # be. The stop-job command calls this from RQ's pubsub thread: the pid is read once.
         horse_pid = self.horse_pid
         if not horse_pid:
             self.log.info("no work horse to kill: the job runs in the worker, and goes on")
             return
         try:
-            os.killpg(os.getpgid(horse_pid), sig)
+            if os.getpgid(horse_pid) == horse_pid:
+                os.killpg(horse_pid, sig)
+            else:
+                # Just forked, the horse has not made its own group yet: RQ's killpg would
+                # signal the worker's (a SIGTERM at that instant killed the worker's launcher).
+                os.kill(horse_pid, sig)
         except ProcessLookupError:
             return  # the horse ended meanwhile
-        self.log.info("killed work horse %s", horse_pid)
+        self.log.info("signalled work horse %s (%s)", horse_pid, signal.Signals(sig).name)
 
     def stopped_run_settle(self, job: Job) -> None:
         """A run a person stopped (the dashboard's Stop) stops its batch, before the reconcile

@@ -1,6 +1,7 @@
 """The real queue path: commit, enqueue on the real Redis, a real burst worker, the database."""
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -221,3 +222,33 @@ def test_a_worker_beats_while_it_makes_a_run_itself(redis_connection):
     redis_connection.delete(beat_key)
     time.sleep(0.2)
     assert not redis_connection.exists(beat_key), "it beats after the run"
+
+
+@pytest.mark.processes
+def test_a_horse_signalled_before_it_has_its_own_group_is_signalled_alone():
+    # Just forked, a work horse is still in the worker's process group: a SIGTERM then (a
+    # platform's restart) must reach the horse, not the worker and its launcher.
+    script = (
+        "import django; django.setup()\n"
+        "import signal, subprocess, django_rq\n"
+        "from rq.serializers import JSONSerializer\n"
+        "from generator.worker import BatchWorker\n"
+        "worker = BatchWorker(['default'], connection=django_rq.get_connection('default'),"
+        " serializer=JSONSerializer)\n"
+        "horse = subprocess.Popen(['sleep', '60'])\n"
+        "worker._horse_pid = horse.pid\n"
+        "worker.kill_horse(signal.SIGTERM)\n"
+        "print(horse.wait(timeout=10))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=settings.BASE_DIR,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+        check=False,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout == f"{-signal.SIGTERM}\n"
