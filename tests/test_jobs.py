@@ -176,21 +176,21 @@ def test_the_procfile_worker_makes_a_small_batch_in_its_own_process(queue, setti
         assert User.objects.filter(batch=batch).count() == batch.total
 
 
-@pytest.mark.processes
-def test_a_stop_command_with_no_work_horse_running_kills_nothing():
-    # RQ's stop-job command kills the work horse's process group; with none, RQ's own code
-    # would take the worker's group (this process, in a session of its own) for it.
-    script = (
-        "import django; django.setup()\n"
-        "import django_rq\n"
-        "from rq.serializers import JSONSerializer\n"
-        "from generator.worker import BatchWorker\n"
-        "worker = BatchWorker(['default'], connection=django_rq.get_connection('default'),"
-        " serializer=JSONSerializer)\n"
-        "worker.kill_horse()\n"
-        "print('still alive')\n"
+def with_a_batch_worker(*lines: str) -> subprocess.CompletedProcess[str]:
+    """`lines` run after a BatchWorker `worker` is made, in a process and a session of its own:
+    a signal sent to the wrong process group reaches it, never the test run."""
+    script = "\n".join(
+        [
+            "import django; django.setup()",
+            "import signal, subprocess, django_rq",
+            "from rq.serializers import JSONSerializer",
+            "from generator.worker import BatchWorker",
+            "worker = BatchWorker(['default'], connection=django_rq.get_connection('default'),"
+            " serializer=JSONSerializer)",
+            *lines,
+        ]
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script],
         cwd=settings.BASE_DIR,
         env=subprocess_env(),
@@ -200,6 +200,13 @@ def test_a_stop_command_with_no_work_horse_running_kills_nothing():
         start_new_session=True,
         check=False,
     )
+
+
+@pytest.mark.processes
+def test_a_stop_command_with_no_work_horse_running_kills_nothing():
+    # RQ's stop-job command kills the work horse's process group; with none, RQ's own code
+    # would take the worker's group for it.
+    result = with_a_batch_worker("worker.kill_horse()", "print('still alive')")
     assert result.returncode == 0, (result.returncode, result.stderr)
     assert result.stdout == "still alive\n"
 
@@ -228,27 +235,11 @@ def test_a_worker_beats_while_it_makes_a_run_itself(redis_connection):
 def test_a_horse_signalled_before_it_has_its_own_group_is_signalled_alone():
     # Just forked, a work horse is still in the worker's process group: a SIGTERM then (a
     # platform's restart) must reach the horse, not the worker and its launcher.
-    script = (
-        "import django; django.setup()\n"
-        "import signal, subprocess, django_rq\n"
-        "from rq.serializers import JSONSerializer\n"
-        "from generator.worker import BatchWorker\n"
-        "worker = BatchWorker(['default'], connection=django_rq.get_connection('default'),"
-        " serializer=JSONSerializer)\n"
-        "horse = subprocess.Popen(['sleep', '60'])\n"
-        "worker._horse_pid = horse.pid\n"
-        "worker.kill_horse(signal.SIGTERM)\n"
-        "print(horse.wait(timeout=10))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=settings.BASE_DIR,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        start_new_session=True,
-        check=False,
+    result = with_a_batch_worker(
+        "horse = subprocess.Popen(['sleep', '60'])",
+        "worker._horse_pid = horse.pid",
+        "worker.kill_horse(signal.SIGTERM)",
+        "print(horse.wait(timeout=10))",
     )
     assert result.returncode == 0, (result.returncode, result.stderr)
     assert result.stdout == f"{-signal.SIGTERM}\n"
