@@ -137,9 +137,9 @@ class BatchWorker(HerokuWorker):
                 wait = min(wait * 2, MAX_REDIS_WAIT_SECONDS)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        # In the work horse, just before the job: RQ's bookkeeping in Redis on a connection of
-        # the horse's own, and meanwhile the job's database connection (both mostly waiting
-        # on a server; measured on 2 cores, ~5 ms each, one after the other).
+        # Just before the job, in the work horse (or the worker, for a run made there): RQ's
+        # bookkeeping in Redis, and meanwhile the job's database connection (both mostly
+        # waiting on a server; measured on 2 cores, ~5 ms each, one after the other).
         with database_connected_meanwhile():
             super().prepare_job_execution(job, remove_from_intermediate_queue)
 
