@@ -207,6 +207,8 @@ class BatchWorker(HerokuWorker):
         # be. The stop-job command calls this from RQ's pubsub thread: the pid is read once.
         horse_pid = self.horse_pid
         if not horse_pid:
+            # Nothing stops: should the run still fail, RQ must record a failure, not a stop.
+            self._stopped_job_id = None
             self.log.info("no work horse to kill: the job runs in the worker, and goes on")
             return
         try:

@@ -211,6 +211,21 @@ def test_a_stop_command_with_no_work_horse_running_kills_nothing():
     assert result.stdout == "still alive\n"
 
 
+@pytest.mark.processes
+@pytest.mark.usefixtures("queue")
+def test_a_stop_command_for_a_run_made_in_the_worker_is_not_taken_for_a_stop():
+    # The run goes on, so if it then fails, RQ must record it as failed, not as stopped.
+    result = with_a_batch_worker(
+        "from rq.command import handle_stop_job_command",
+        "worker.set_current_job_id('run-in-worker')",
+        "handle_stop_job_command(worker, {'job_id': 'run-in-worker'})",
+        "worker.set_current_job_id(None)",
+        "print(worker._stopped_job_id)",
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout == "None\n"
+
+
 @pytest.mark.usefixtures("queue")
 def test_a_worker_beats_while_it_makes_a_run_itself(redis_connection):
     worker = BatchWorker(
