@@ -360,7 +360,7 @@ def chromium_path() -> str:
     if not os.access(path, os.X_OK):
         pytest.fail(
             f"No Chromium at {path}. Install it (apt install chromium) or set CHROMIUM_PATH; "
-            "scripts/test does both."
+            "scripts/test with no arguments does both (with arguments, it only finds it)."
         )
     return path
 
