@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from generator import services
 from generator.models import Batch, BatchChunk, User
-from generator.services import chunks, retries
+from generator.services import accounts, chunks, retries
 
 from .support import run_at_once
 
@@ -275,6 +275,21 @@ def test_drawn_usernames_are_shaped_like_the_tutorials_and_use_every_letter():
     assert len(usernames) == 5_000
     assert all(re.fullmatch(r"user_[A-Za-z]{10}", name) for name in usernames)
     assert {letter for name in usernames for letter in name[5:]} == set(string.ascii_letters)
+
+
+@pytest.mark.parametrize("realistic_names", [False, True])
+def test_rows_come_in_username_order_each_with_its_own_email(realistic_names):
+    # In username order, neighbouring inserts find their index pages in the cache.
+    faker = accounts._faker() if realistic_names else None
+    if faker is not None:
+        faker.seed_instance(7)
+    rows = accounts.user_rows_make(password_hash="", count=2_000, rng=random.Random(7), faker=faker)
+    usernames = [username for username, *_ in rows]
+    assert usernames == sorted(usernames)
+    assert len(set(usernames)) == len(rows) > 1_990
+    assert all(email == f"{username}@example.com" for username, email, *_ in rows)
+    assert all(password.startswith("!") and len(password) == 41 for *_, password in rows)
+    assert all(bool(first) == bool(last) == realistic_names for _, _, first, last, _ in rows)
 
 
 @pytest.mark.django_db
