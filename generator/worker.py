@@ -1,12 +1,11 @@
 """The worker class the Procfile runs."""
 
-import contextlib
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from threading import Event, Thread
 from typing import Any
@@ -310,7 +309,7 @@ def _connect_quietly(database: BaseDatabaseWrapper) -> None:
     except Exception:
         # The job's first query connects again, and fails where its run reports the error.
         logger.warning("could not connect to the database ahead of the job", exc_info=True)
-        with contextlib.suppress(Exception):
+        with suppress(Exception):
             database.close()  # not a half-made one (its set-up failed after the connect)
 
 

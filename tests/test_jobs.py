@@ -217,13 +217,18 @@ def test_a_stop_command_for_a_run_made_in_the_worker_is_not_taken_for_a_stop():
     # The run goes on, so if it then fails, RQ must record it as failed, not as stopped.
     result = with_a_batch_worker(
         "from rq.command import handle_stop_job_command",
-        "worker.set_current_job_id('run-in-worker')",
-        "handle_stop_job_command(worker, {'job_id': 'run-in-worker'})",
-        "worker.set_current_job_id(None)",
+        "queue = django_rq.get_queue('default', serializer=JSONSerializer)",
+        "job = queue.enqueue('generator.jobs.batch_run', 1)",
+        "worker.set_current_job_id(job.id)",
+        "handle_stop_job_command(worker, {'job_id': job.id})",
         "print(worker._stopped_job_id)",
+        "worker.handle_job_failure(job, queue, exc_string='the run failed after the stop')",
+        "worker.set_current_job_id(None)",
+        "print(job.get_status().value)",
     )
     assert result.returncode == 0, (result.returncode, result.stderr)
-    assert result.stdout == "None\n"
+    assert result.stdout.splitlines()[0] == "None"
+    assert result.stdout.splitlines()[1] == "failed"
 
 
 @pytest.mark.usefixtures("queue")
