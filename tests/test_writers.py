@@ -104,7 +104,7 @@ def test_values_that_copy_would_misread_are_written_as_given() -> None:
         for number, (first, last) in enumerate(odd_names)
     ]
 
-    assert writers.user_rows_insert(rows, shared) == 3
+    assert writers.user_rows_insert(columns_of(rows), shared) == 3
 
     written = User.objects.filter(batch=batch).order_by("username")
     assert [(user.first_name, user.last_name) for user in written] == odd_names
@@ -132,8 +132,12 @@ def test_rows_whose_usernames_are_taken_are_skipped_by_the_writer() -> None:
         for name in ["user_freenamexx", "user_takenalrdy", "user_freenameyy"]
     ]
 
-    assert writers.user_rows_insert(rows, shared) == 2
+    assert writers.user_rows_insert(columns_of(rows), shared) == 2
     assert usernames_of(batch) == {"user_freenamexx", "user_freenameyy"}
+
+
+def columns_of(rows: list[writers.UserRow]) -> writers.UserRows:
+    return writers.UserRows(*(list(column) for column in zip(*rows, strict=True)))
 
 
 def sqlite_pragmas(alias: str = "default", **settings_dict: object) -> dict[str, object]:
@@ -205,3 +209,11 @@ def test_a_batch_on_sqlite_leaves_its_rows_in_the_database_file_not_only_in_the_
             f"SELECT count(*) FROM {User._meta.db_table} WHERE batch_id = ?", [batch.pk]
         ).fetchone()
     assert in_the_file == 1_000
+
+
+def test_rows_whose_columns_differ_in_length_are_refused() -> None:
+    # zip would silently drop the longer columns' last values.
+    with pytest.raises(ValueError, match="as long as"):
+        writers.UserRows(
+            ["user_a", "user_b"], ["user_a@example.com"], ["", ""], ["", ""], ["!", "!"]
+        )

@@ -29,7 +29,7 @@ from ..models import Batch, BatchChunk, LeaseHolder
 from .accounts import chunk_faker, user_rows_make, users_insert
 from .lifecycle import ProgressCallback, batch_release, batch_start
 from .retries import database_errors_retrying
-from .writers import UserRow, rows_made_ahead_help, written_out
+from .writers import UserRows, rows_made_ahead_help, written_out
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +136,14 @@ class ChunkRows:
         self._password_hash = batch.password_hash
         self._rng = rng
         self._faker = chunk_faker(batch=batch, index=index, rng=rng)
-        self.first: list[UserRow] = []
+        self.first = UserRows([], [], [], [], [])
 
     @staticmethod
     def key_for(*, batch: Batch, index: int, size: int) -> RowsKey:
         """What the rows depend on: without a seed, only how many."""
         return (index if batch.seed is not None else None, size)
 
-    def make(self, count: int) -> list[UserRow]:
+    def make(self, count: int) -> UserRows:
         return user_rows_make(
             password_hash=self._password_hash, count=count, rng=self._rng, faker=self._faker
         )

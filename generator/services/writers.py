@@ -1,20 +1,21 @@
 """Raw SQL writers for generated users: the engine's fastest way in, skipping taken usernames.
 
-Plain tuples written in bulk, not the ORM's bulk_create: profiled on 200k users, that spent
+Plain values written in bulk, not the ORM's bulk_create: profiled on 200k users, that spent
 ~85% of the time building model instances and compiling SQL, four times the database's own
 time. An adapter: it takes rows and knows nothing of batches or of who calls it.
 
-Only what differs from row to row travels with each row (a UserRow); what every row of one
-call shares (SharedValues) is written into the statement once. On SQLite each bound value
-costs a bind per row; on PostgreSQL the shared columns are one pre-formatted line ending.
+Only what differs from row to row travels with the rows (UserRows, a list per column); what
+every row of one call shares (SharedValues) is written into the statement once. On SQLite each
+bound value costs a bind per row; on PostgreSQL the shared columns are one pre-formatted line
+ending.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from itertools import chain
 from typing import NamedTuple
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -23,9 +24,40 @@ from ..models import User
 
 logger = logging.getLogger(__name__)
 
-# What differs from row to row, in the order of a UserRow.
+# What differs from row to row, in the order of UserRows' columns.
 ROW_COLUMNS = ("username", "email", "first_name", "last_name", "password")
 UserRow = tuple[str, str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class UserRows:
+    """Accounts to insert, a list per column of ROW_COLUMNS: account i is item i of each.
+
+    Columns, not a tuple per account: the writers make each row's tuple only for a moment (zip
+    reuses its own). Tuples kept per account are work for the cyclic garbage collector and to
+    build and free: a million users on PostgreSQL took the worker 2.4-2.7 µs of CPU per row
+    with them, 2.0-2.1 µs without (measured in-process, three runs each, taking turns).
+    """
+
+    usernames: list[str]
+    emails: list[str]
+    first_names: list[str]
+    last_names: list[str]
+    passwords: list[str]
+
+    def __post_init__(self) -> None:
+        if len({len(column) for column in self.columns()}) > 1:
+            raise ValueError("Every column of the rows must be as long as the others.")
+
+    def __len__(self) -> int:
+        return len(self.usernames)
+
+    def __iter__(self) -> Iterator[UserRow]:
+        """Each account's row, in the order of ROW_COLUMNS."""
+        return zip(*self.columns(), strict=True)
+
+    def columns(self) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+        return (self.usernames, self.emails, self.first_names, self.last_names, self.passwords)
 
 
 class SharedValues(NamedTuple):
@@ -49,7 +81,7 @@ UNIQUE_VIOLATION = "23505"
 COPY_PIECE_ROWS = 1_000
 
 
-def user_rows_insert(rows: list[UserRow], shared: SharedValues) -> int:
+def user_rows_insert(rows: UserRows, shared: SharedValues) -> int:
     """Insert the rows, skipping any whose username is taken, even by a transaction running at
     the same time; return how many were inserted. Runs inside the caller's transaction."""
     if connection.vendor == "postgresql":
@@ -99,10 +131,10 @@ def _quoted_columns() -> str:
     return ", ".join(connection.ops.quote_name(column) for column in USER_INSERT_COLUMNS)
 
 
-def _user_rows_executemany(rows: list[UserRow], shared: SharedValues) -> int:
+def _user_rows_executemany(rows: UserRows, shared: SharedValues) -> int:
     values = ["%s"] * len(ROW_COLUMNS) + [_sqlite_literal(value) for value in shared]
     with connection.cursor() as cursor:
-        cursor.executemany(_user_insert_sql(source=f"VALUES ({', '.join(values)})"), rows)
+        cursor.executemany(_user_insert_sql(source=f"VALUES ({', '.join(values)})"), list(rows))
         return cursor.rowcount
 
 
@@ -127,7 +159,7 @@ def _sqlite_literal(value: object) -> str:
     return literal.replace("%", "%%")
 
 
-def _user_rows_copy(rows: list[UserRow], shared: SharedValues) -> int:
+def _user_rows_copy(rows: UserRows, shared: SharedValues) -> int:
     """PostgreSQL: COPY the rows straight into the user table; only if a username is taken,
     COPY them into a staging table and INSERT ... SELECT ... ON CONFLICT DO NOTHING instead.
 
@@ -146,7 +178,7 @@ def _user_rows_copy(rows: list[UserRow], shared: SharedValues) -> int:
     return len(rows)
 
 
-def _user_rows_copy_skipping_taken(rows: list[UserRow], shared: SharedValues) -> int:
+def _user_rows_copy_skipping_taken(rows: UserRows, shared: SharedValues) -> int:
     """The staging table lives only for the chunk's transaction (and so also suits a
     transaction-pooling proxy)."""
     quote = connection.ops.quote_name
@@ -164,7 +196,7 @@ def _user_rows_copy_skipping_taken(rows: list[UserRow], shared: SharedValues) ->
     return inserted
 
 
-def _copy_into(table: str, rows: list[UserRow], shared: SharedValues) -> None:
+def _copy_into(table: str, rows: UserRows, shared: SharedValues) -> None:
     copy_sql = f"COPY {connection.ops.quote_name(table)} ({_quoted_columns()}) FROM STDIN"
     # The raw psycopg cursor: its errors must still come out as Django's, which the chunk's
     # retry (a killed backend, a restarted server) and the fallback above know.
@@ -177,7 +209,7 @@ def _copy_into(table: str, rows: list[UserRow], shared: SharedValues) -> None:
             copy.write(piece)
 
 
-def _copy_text(rows: list[UserRow], shared: SharedValues) -> Iterator[str]:
+def _copy_text(rows: UserRows, shared: SharedValues) -> Iterator[str]:
     """The rows in COPY's text format, a piece at a time.
 
     Formatted here rather than by psycopg's write_row: that adapts all eleven values of each
@@ -185,15 +217,19 @@ def _copy_text(rows: list[UserRow], shared: SharedValues) -> Iterator[str]:
     line ending formatted once.
     """
     ending = "\t" + "\t".join(_copy_value(value) for value in shared) + "\n"
+    columns: Sequence[Sequence[str]] = rows.columns()
+    # The app's own values hold no tab, newline, carriage return or backslash: looked for in
+    # each column's values at once (in C, cheap), they need no escaping.
+    if not all(map(_copy_plain, columns)):
+        columns = [[_copy_escaped(value) for value in column] for column in columns]
     for start in range(0, len(rows), COPY_PIECE_ROWS):
-        piece = rows[start : start + COPY_PIECE_ROWS]
-        # The app's own values hold no tab, newline, carriage return or backslash: looked for
-        # in all of the piece's values at once (in C, cheap), they need no escaping.
-        values = "".join(chain.from_iterable(piece))
-        fields: Sequence[Sequence[str]] = piece
-        if any(special in values for special in _COPY_SPECIALS):
-            fields = [[_copy_escaped(value) for value in row] for row in piece]
-        yield ending.join(map("\t".join, fields)) + ending
+        piece = [column[start : start + COPY_PIECE_ROWS] for column in columns]
+        yield ending.join(map("\t".join, zip(*piece, strict=True))) + ending
+
+
+def _copy_plain(values: Sequence[str]) -> bool:
+    text = "".join(values)
+    return not any(special in text for special in _COPY_SPECIALS)
 
 
 _COPY_SPECIALS = "\t\n\r\\"
