@@ -292,6 +292,20 @@ def test_rows_come_in_username_order_each_with_its_own_email(realistic_names):
     assert all(bool(first) == bool(last) == realistic_names for _, _, first, last, _ in rows)
 
 
+def test_realistic_names_stay_with_the_username_they_were_drawn_beside():
+    # What a seed reproduces: the i-th username drawn gets the i-th names drawn, whatever
+    # order the rows are then written in.
+    faker = accounts._faker()
+    faker.seed_instance(7)
+    rows = accounts.user_rows_make(password_hash="", count=2_000, rng=random.Random(7), faker=faker)
+    faker.seed_instance(7)
+    drawn = list(dict.fromkeys(accounts.usernames_draw(random.Random(7), 2_000)))
+    first_names, last_names = accounts.names_draw(faker, len(drawn))
+
+    written = list(zip(rows.usernames, rows.first_names, rows.last_names, strict=True))
+    assert written == sorted(zip(drawn, first_names, last_names, strict=True))
+
+
 @pytest.mark.django_db
 def test_a_chunk_whose_holder_is_gone_is_taken_over_before_its_lease_runs_out():
     batch = make_batch(300, chunk_size=100)

@@ -217,3 +217,37 @@ def test_rows_whose_columns_differ_in_length_are_refused() -> None:
         writers.UserRows(
             ["user_a", "user_b"], ["user_a@example.com"], ["", ""], ["", ""], ["!", "!"]
         )
+
+
+def test_copy_text_keeps_every_row_whole_and_escapes_a_value_in_the_last_piece() -> None:
+    # Three pieces, the special character only in the last one: every value of every piece
+    # is escaped once one value needs it, and no row is split, lost or shifted between columns.
+    count = 2 * writers.COPY_PIECE_ROWS + 1
+    usernames = [f"user_{number:010d}" for number in range(count)]
+    rows = writers.UserRows(
+        usernames=usernames,
+        emails=[f"{username}@example.com" for username in usernames],
+        first_names=[f"first{number}" for number in range(count)],
+        last_names=[""] * (count - 1) + ["tab\there"],
+        passwords=["!unusable"] * count,
+    )
+    shared = writers.SharedValues(
+        date_joined=datetime(2026, 12, 1, tzinfo=UTC),
+        batch_id=7,
+        last_login=None,
+        is_superuser=False,
+        is_staff=False,
+        is_active=True,
+    )
+
+    pieces = list(writers._copy_text(rows, shared))
+
+    assert len(pieces) == 3
+    text = "".join(pieces)
+    assert text.endswith("\n")
+    lines = [line.split("\t") for line in text[:-1].split("\n")]
+    assert len(lines) == count
+    assert all(len(fields) == len(writers.USER_INSERT_COLUMNS) for fields in lines)
+    assert [fields[:3] for fields in lines] == [list(row[:3]) for row in rows]
+    assert lines[-1][3] == "tab\\there"
+    assert lines[-1][5:] == ["2026-12-01T00:00:00+00:00", "7", "\\N", "f", "f", "t"]

@@ -42,7 +42,7 @@ def user_rows_make(
     # from the usernames and passwords are drawn apart, so only names are sorted with them.
     if faker is None:
         usernames.sort()
-        first_names = last_names = [""] * len(usernames)
+        first_names, last_names = [""] * len(usernames), [""] * len(usernames)
     else:
         named = sorted(
             zip(usernames, *names_draw(faker, len(usernames)), strict=True), key=itemgetter(0)

@@ -33,10 +33,11 @@ UserRow = tuple[str, str, str, str, str]
 class UserRows:
     """Accounts to insert, a list per column of ROW_COLUMNS: account i is item i of each.
 
-    Columns, not a tuple per account: the writers make each row's tuple only for a moment (zip
-    reuses its own). Tuples kept per account are work for the cyclic garbage collector and to
-    build and free: a million users on PostgreSQL took the worker 2.4-2.7 µs of CPU per row
-    with them, 2.0-2.1 µs without (measured in-process, three runs each, taking turns).
+    Columns, not a tuple per account: PostgreSQL's COPY text needs each row's tuple only for a
+    moment (zip reuses its own). Tuples kept per account are work for the cyclic garbage
+    collector and to build and free: a million users on PostgreSQL took the worker 2.4-2.7 µs
+    of CPU per row with them, 2.0-2.1 µs without (measured in-process, three runs each, taking
+    turns). SQLite's executemany takes the tuples all at once, as before.
     """
 
     usernames: list[str]
@@ -57,6 +58,7 @@ class UserRows:
         return zip(*self.columns(), strict=True)
 
     def columns(self) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+        """The lists, in the order of ROW_COLUMNS."""
         return (self.usernames, self.emails, self.first_names, self.last_names, self.passwords)
 
 
@@ -228,6 +230,7 @@ def _copy_text(rows: UserRows, shared: SharedValues) -> Iterator[str]:
 
 
 def _copy_plain(values: Sequence[str]) -> bool:
+    """Whether none of the values holds a character COPY's text format reads as special."""
     text = "".join(values)
     return not any(special in text for special in _COPY_SPECIALS)
 
