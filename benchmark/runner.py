@@ -35,6 +35,10 @@ def run(*, sizes: Sizes, quick: bool, redis_db: int, logs_dir: Path, log: Log) -
     if connection.vendor not in {"sqlite", "postgresql"}:
         raise BenchmarkError(f"The benchmark knows SQLite and PostgreSQL, not {connection.vendor}.")
     logs_dir.mkdir(parents=True, exist_ok=True)
+    # A run's logs are its own: the password search reads every log there, and an earlier
+    # run's would be searched and counted with this one's.
+    for stale in [*logs_dir.glob("*.log"), *logs_dir.glob("*.rusage")]:
+        stale.unlink()
     # A SIGTERM must still drop the scratch database and stop the processes: make it an exit.
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

@@ -70,6 +70,10 @@ def postgres_databases() -> set[str]:
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     """Run `python -m benchmark --quick` once as a real process; its JSON and its table."""
     json_path = tmp_path_factory.mktemp("benchmark") / "quick.json"
+    # As an earlier run leaves it: this run must neither search nor keep that one's logs.
+    earlier_logs = json_path.with_name("quick-logs")
+    earlier_logs.mkdir()
+    (earlier_logs / "earlier-worker.log").write_text("an earlier run's worker log\n")
     # The benchmark makes its own scratch database on the test run's server (never the tests'
     # database itself) and takes its own Redis DB index next to the tests' one.
     env = subprocess_env(REDIS_URL=settings.TEST_REDIS_URL)
@@ -91,6 +95,9 @@ def test_quick_benchmark_reports_every_measurement_with_figures(quick_run):
     report, table = quick_run
     assert report["quick"] is True
     assert report["targets_enforced"] is False
+    logs = Path(report["logs"])
+    assert not (logs / "earlier-worker.log").exists()
+    assert any(logs.glob("*.log"))
     on_postgres = settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3"
     assert set(report["measurements"]) == (POSTGRES_MEASUREMENTS if on_postgres else MEASUREMENTS)
     for key, measurement in report["measurements"].items():
