@@ -35,10 +35,6 @@ def run(*, sizes: Sizes, quick: bool, redis_db: int, logs_dir: Path, log: Log) -
     if connection.vendor not in {"sqlite", "postgresql"}:
         raise BenchmarkError(f"The benchmark knows SQLite and PostgreSQL, not {connection.vendor}.")
     logs_dir.mkdir(parents=True, exist_ok=True)
-    # A run's logs are its own: the password search reads every log there, and an earlier
-    # run's would be searched and counted with this one's.
-    for stale in [*logs_dir.glob("*.log"), *logs_dir.glob("*.rusage")]:
-        stale.unlink()
     # A SIGTERM must still drop the scratch database and stop the processes: make it an exit.
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -48,6 +44,12 @@ def run(*, sizes: Sizes, quick: bool, redis_db: int, logs_dir: Path, log: Log) -
                 quick=quick,
                 context=run_context(sizes, database=db_name, redis_db=redis_db, logs=logs_dir),
             )
+            # A run's logs are its own: the password search reads every log there, and an
+            # earlier run's would be searched and counted with this one's. Only once the run
+            # holds its Redis DB: a second run started meanwhile stops there, not after
+            # deleting a running one's logs.
+            for stale in [*logs_dir.glob("*.log"), *logs_dir.glob("*.rusage")]:
+                stale.unlink()
             processes = Processes(
                 env=app_env(database_url=db_url, redis_url=redis.url), logs_dir=logs_dir
             )

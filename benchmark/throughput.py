@@ -258,17 +258,20 @@ class Throughput:
         )
 
     def fanout(self) -> Measurement:
-        """The big batch with 1, 2 and 4 idle workers, taking turns: 1, 2, 4, then 1, 2, 4 again.
+        """The big batch with 1, 2 and 4 idle workers, taking turns, each round in another order
+        (1, 2, 4, then 2, 4, 1, then 4, 1, 2).
 
         Taking turns, each worker count meets the same moments of a shared machine: measured
         one count after the other (the one-worker figure taken from the CLI series above), the
         same code came out 1.86x and 1.39x in two runs, as one count met the machine's fast
-        minutes and the other its slow ones.
+        minutes and the other its slow ones. The order turns too, so that no count is always
+        first in a round, or always after the same other.
         """
         users, repeats = self.sizes.big_users, self.sizes.big_repeats
         turns: dict[int, list[Series]] = {workers: [] for workers in FANOUT_WORKERS}
         for repeat in range(1, repeats + 1):
-            for workers in FANOUT_WORKERS:
+            shift = (repeat - 1) % len(FANOUT_WORKERS)
+            for workers in FANOUT_WORKERS[shift:] + FANOUT_WORKERS[:shift]:
                 turns[workers].append(
                     self.series(
                         users,
